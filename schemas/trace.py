@@ -73,7 +73,7 @@ def trace_arrow_schema():
     fields = []
     for name, info in TraceRecord.model_fields.items():
         kind = (info.json_schema_extra or {})["arrow"]
-        fields.append(pa.field(name, _arrow_type(kind), nullable=not info.is_required() or info.default is None))
+        fields.append(pa.field(name, _arrow_type(kind), nullable=not info.is_required() and info.default is None))
     return pa.schema(fields, metadata={b"potstill.schema_version": str(SCHEMA_VERSION).encode()})
 
 

@@ -1,0 +1,36 @@
+"""The controller actor: hosts `GenerationController` so a run is addressable by name.
+
+Named `potstill-<run_id>`, it answers `progress()` for the CLI while `run()`
+works, and `scale(n)` sets the replica target of a live run. A threaded actor:
+the `run()` loop holds one thread, queries take others.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from potstill.pipelines.controller import GenerationController
+from potstill.schemas.generation import GenerationConfig
+
+
+def controller_name(run_id: str) -> str:
+    return f"potstill-{run_id}"
+
+
+class ControllerActor:
+    """Thin actor over `GenerationController`."""
+
+    def __init__(self, config_json: str, out_uri: str):
+        import logging
+
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        self.controller = GenerationController(GenerationConfig.model_validate_json(config_json), out_uri)
+
+    def run(self) -> dict[str, Any]:
+        return self.controller.run()
+
+    def progress(self) -> dict[str, Any]:
+        return self.controller.snapshot()
+
+    def scale(self, replicas: int) -> int:
+        return self.controller.scale(replicas)

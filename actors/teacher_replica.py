@@ -1,0 +1,62 @@
+"""The teacher replica actor: one engine, many units in flight, shards committed in place.
+
+A thin Ray async actor over `UnitRunner` (generation + verification) and
+`persist_unit` (write, verify, commit). Results never pass through the
+controller: each replica commits its own shards, so the controller's memory
+does not grow with the data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+from potstill.pipelines.engines import EngineFailure, build_engine
+from potstill.pipelines.plan import WorkUnit
+from potstill.pipelines.shard_output import persist_unit
+from potstill.pipelines.storage import Storage
+from potstill.pipelines.unit_runner import UnitRunner
+from potstill.pipelines.verify import build_judge
+from potstill.schemas.commit import ShardCommit
+from potstill.schemas.generation import GenerationConfig
+
+
+class TeacherReplica:
+    """Holds one teacher engine; `process(unit)` generates, verifies and commits a shard."""
+
+    def __init__(self, config_json: str, out_uri: str, replica_id: str, engine_kwargs: dict[str, Any] | None = None):
+        self.cfg = GenerationConfig.model_validate_json(config_json)
+        if engine_kwargs:
+            self.cfg.teacher.engine_kwargs = {**self.cfg.teacher.engine_kwargs, **engine_kwargs}
+        self.replica_id = replica_id
+        self.storage = Storage(out_uri, self.cfg.output.storage)
+        self.engine = build_engine(self.cfg.teacher, self.cfg.sampling)
+        self.runner = UnitRunner(self.engine, build_judge(self.cfg.verify), self.cfg.sampling, self.cfg.verify)
+        self._start_task: asyncio.Task | None = None
+        self.units_done = 0
+
+    async def start(self) -> dict[str, Any]:
+        """Load the engine (once; concurrent callers share the same start)."""
+        if self._start_task is None:
+            self._start_task = asyncio.get_running_loop().create_task(self.engine.start())
+        try:
+            await self._start_task
+        except Exception as exc:
+            raise EngineFailure(f"teacher engine failed to start on {self.replica_id}: {exc}") from exc
+        return {"replica_id": self.replica_id, "pid": os.getpid(), "model": self.engine.model_name,
+                "revision": self.engine.revision}
+
+    async def process(self, unit: WorkUnit) -> ShardCommit:
+        await self.start()
+        result = await self.runner.run(unit)
+        commit = await asyncio.to_thread(persist_unit, self.storage, unit, result, self.cfg.output)
+        self.units_done += 1
+        return commit
+
+    def stats(self) -> dict[str, int]:
+        """Units committed and engine requests sent by this replica."""
+        return {"units_done": self.units_done, "engine_requests": self.runner.requests}
+
+    async def shutdown(self) -> None:
+        await self.engine.shutdown()

@@ -1,0 +1,40 @@
+"""Connect to Ray: the cluster named by RAY_ADDRESS / --address, else a local one.
+
+    ensure_ray()            # laptop: starts local Ray with this machine's CPUs
+    ensure_ray("auto")      # inside a KubeRay head / a submitted Ray job
+
+Non-secret settings the actors need (vLLM's CPU KV-cache size, HF offline
+flags) are forwarded through the runtime env so they reach workers on every
+node. Credentials are not: a runtime env is visible in the dashboard and job
+metadata. Local workers inherit them from this process; on a cluster they
+come from the pods' own environment (a Kubernetes secret or IRSA).
+"""
+
+from __future__ import annotations
+
+import os
+
+FORWARDED_ENV = (
+    "VLLM_CPU_KVCACHE_SPACE", "VLLM_CPU_OMP_THREADS_BIND", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE",
+    "TOKENIZERS_PARALLELISM", "AWS_DEFAULT_REGION", "AWS_REGION",
+)
+
+
+def forwarded_env() -> dict[str, str]:
+    """The variables of FORWARDED_ENV set in this process (values are never logged)."""
+    return {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+
+
+def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Initialise Ray once; idempotent."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    kwargs = {"runtime_env": {"env_vars": forwarded_env()}, "log_to_driver": True,
+              "logging_level": "WARNING", "configure_logging": True}
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, **kwargs)

@@ -1,0 +1,121 @@
+"""The vLLM teacher engine: one `AsyncLLM` with continuous batching.
+
+Every `generate` call is an independent request: new requests enter the
+running batch as others finish, so there is never a synchronous batch
+barrier. Concurrency comes from the caller (a replica actor awaiting many
+`generate` calls at once). vllm is imported only in `start()`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from potstill.pipelines.engines.protocol import EngineFailure, Generation, Sample
+from potstill.pipelines.model_assets import model_revision, resolve_model
+from potstill.schemas.generation import SamplingConfig, TeacherConfig
+
+_FINISH_REASONS = {"stop", "length", "abort"}
+
+
+def _topk_from_flat(flat: Any, k: int) -> tuple[list[list[int]], list[list[float]]]:
+    """Per position, the ids and logprobs of ranks 1..k (vLLM also returns the sampled token)."""
+    ids_out: list[list[int]] = []
+    lps_out: list[list[float]] = []
+    token_ids, logprobs, ranks = flat.token_ids, flat.logprobs, flat.ranks
+    for start, end in zip(flat.start_indices, flat.end_indices):
+        ids: list[int] = []
+        lps: list[float] = []
+        for j in range(start, end):
+            rank = ranks[j]
+            if rank is not None and rank <= k and token_ids[j] not in ids:
+                ids.append(token_ids[j])
+                lps.append(logprobs[j])
+        ids_out.append(ids)
+        lps_out.append(lps)
+    return ids_out, lps_out
+
+
+class VllmEngine:
+    """`TeacherEngine` over vLLM's AsyncLLM."""
+
+    def __init__(self, teacher: TeacherConfig, sampling: SamplingConfig):
+        self.teacher = teacher
+        self.sampling = sampling
+        self.model_path = resolve_model(teacher.model)
+        self.model_name = teacher.model
+        local = Path(self.model_path).is_dir()
+        self.revision = teacher.revision or (model_revision(self.model_path) if local else None)
+        self._llm = None
+        self._tokenizer = None
+        self._params = None
+
+    def engine_args(self) -> dict[str, Any]:
+        """The AsyncEngineArgs keywords this config maps to (pure; unit-tested)."""
+        t = self.teacher
+        args: dict[str, Any] = {
+            "model": self.model_path,
+            "tokenizer": resolve_model(t.tokenizer) if t.tokenizer else self.model_path,
+            "dtype": t.dtype,
+            "seed": t.seed,
+            "tensor_parallel_size": t.tensor_parallel_size,
+            "gpu_memory_utilization": t.gpu_memory_utilization,
+            "disable_log_stats": True,
+        }
+        if t.max_model_len:
+            args["max_model_len"] = t.max_model_len
+        if t.max_num_seqs:
+            args["max_num_seqs"] = t.max_num_seqs
+        if t.revision and not Path(self.model_path).is_dir():
+            args["revision"] = t.revision
+        args.update(t.engine_kwargs)
+        return args
+
+    async def start(self) -> None:
+        from transformers import AutoTokenizer
+        from vllm import AsyncEngineArgs, SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        args = self.engine_args()
+        self._tokenizer = AutoTokenizer.from_pretrained(args["tokenizer"])
+        self._llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**args))
+        s = self.sampling
+        self._params = SamplingParams(
+            temperature=s.temperature, top_p=s.top_p, top_k=s.top_k, min_p=s.min_p,
+            max_tokens=s.max_tokens, stop=s.stop or None, logprobs=s.logprobs or None,
+            flat_logprobs=bool(s.logprobs), output_kind=RequestOutputKind.FINAL_ONLY,
+        )
+
+    def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
+        text = self._tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=False, chat_template=self.teacher.chat_template,
+        )
+        return self._tokenizer.encode(text, add_special_tokens=False)
+
+    async def generate(self, prompt_token_ids: list[int], n: int, request_id: str) -> Generation:
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        params = self._params.clone()
+        params.n = n
+        final = None
+        try:
+            async for output in self._llm.generate({"prompt_token_ids": prompt_token_ids}, params, request_id):
+                final = output
+        except EngineDeadError as exc:
+            raise EngineFailure(f"vLLM engine died: {exc}") from exc
+        if final is None:
+            raise EngineFailure(f"vLLM returned no output for request {request_id}")
+        samples = []
+        for out in final.outputs:
+            topk_ids = topk_lps = None
+            if self.sampling.logprobs and out.logprobs is not None:
+                topk_ids, topk_lps = _topk_from_flat(out.logprobs, self.sampling.logprobs)
+            reason = out.finish_reason if out.finish_reason in _FINISH_REASONS else "error"
+            samples.append(Sample(out.text, list(out.token_ids), reason, topk_ids, topk_lps))
+        return Generation(prompt_tokens=len(prompt_token_ids), samples=samples)
+
+    async def shutdown(self) -> None:
+        if self._llm is not None:
+            self._llm.shutdown()
+            self._llm = None

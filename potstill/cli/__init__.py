@@ -1,0 +1,37 @@
+"""The `potstill` command line.
+
+    potstill --help
+
+Each sub-command lives in its own module and imports heavy libraries only
+when it runs, so `potstill --help` is instant.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from potstill.cli import gc, generate, inspect, teacher
+
+app = typer.Typer(
+    name="potstill",
+    help="Distill a teacher model into a student: teacher replicas -> verified traces -> student.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command("generate")(generate.generate)
+app.command("inspect")(inspect.inspect)
+app.command("gc")(gc.gc)
+app.add_typer(teacher.app, name="teacher")
+
+
+@app.command("version")
+def version() -> None:
+    """Print the potstill version."""
+    from potstill import __version__
+
+    typer.echo(__version__)
+
+
+def main() -> None:
+    app()
