@@ -103,7 +103,8 @@ class UnitRunner:
             want = self.sampling.n if target is None else min(max(target - accepted, self.sampling.n), budget - len(judged))
             self.requests += 1
             try:
-                gen = await self.engine.generate(ids, want, f"{unit.shard_id}/{prompt.prompt_id[:16]}/{attempt}")
+                gen = await self.engine.generate(ids, want, f"{unit.shard_id}/{prompt.prompt_id[:16]}/{attempt}",
+                                                 max_tokens=prompt.max_tokens)
             except EngineFailure:
                 raise
             except Exception as exc:  # the engine refused this prompt (too long, bad params): not the replica's fault

@@ -25,6 +25,7 @@ class FieldMapping(StrictModel):
     prompt: str | None = Field(default="prompt", description="Column with the user prompt text (e.g. GSM8K `question`, MATH `problem`). Ignored when `messages` is set.")
     messages: str | None = Field(default=None, description="Column with a chat conversation (list of {role, content}); use instead of `prompt`.")
     reference: str | None = Field(default=None, description="Column with the reference answer for verifiers (e.g. `answer`).")
+    max_tokens: str | None = Field(default=None, description="Column with a per-prompt completion budget overriding sampling.max_tokens.")
     keep: list[str] = Field(default_factory=list, description="Extra columns copied into the prompt's metadata.")
 
 
@@ -102,6 +103,7 @@ class SamplingConfig(StrictModel):
     max_tokens: int = Field(default=1024, gt=0, description="Completion length cap in tokens.")
     stop: list[str] = Field(default_factory=list, description="Extra stop strings.")
     logprobs: int = Field(default=0, ge=0, le=64, description="Keep the teacher's top-k logprobs per token (0 keeps none); needed for KD.")
+    ignore_eos: bool = Field(default=False, description="Keep generating past EOS until max_tokens (benchmarks, budget forcing).")
 
     def fingerprint_dict(self) -> dict[str, Any]:
         """The parameters as a plain dict (stored per row and in the fingerprint)."""

@@ -39,11 +39,12 @@ class PromptRecord(StrictModel):
     messages: list[Message] = Field(description="The conversation sent to the teacher (no assistant reply at the end).")
     reference: str | None = Field(default=None, description="Reference answer used by verifiers, if the source has one.")
     source_row: int = Field(description="0-based row number in the prompt source (first occurrence).")
+    max_tokens: int | None = Field(default=None, gt=0, description="Per-prompt completion budget; None uses sampling.max_tokens.")
     metadata: dict[str, str] = Field(default_factory=dict, description="Extra source columns kept verbatim (as strings).")
 
     @classmethod
     def from_messages(cls, messages: list[Message], *, source_row: int, reference: str | None = None,
-                      metadata: dict[str, str] | None = None) -> "PromptRecord":
+                      metadata: dict[str, str] | None = None, max_tokens: int | None = None) -> "PromptRecord":
         """Build a record, computing `prompt_id` from the messages."""
         return cls(prompt_id=prompt_id_of(messages), messages=messages, reference=reference,
-                   source_row=source_row, metadata=metadata or {})
+                   source_row=source_row, metadata=metadata or {}, max_tokens=max_tokens)

@@ -49,8 +49,9 @@ class TeacherEngine(Protocol):
     def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
         """Token ids of the conversation with the generation prompt appended."""
 
-    async def generate(self, prompt_token_ids: list[int], n: int, request_id: str) -> Generation:
-        """`n` samples for one prompt; raises `EngineFailure` if the engine died."""
+    async def generate(self, prompt_token_ids: list[int], n: int, request_id: str,
+                       max_tokens: int | None = None) -> Generation:
+        """`n` samples for one prompt (`max_tokens` overrides the config's); raises `EngineFailure` if the engine died."""
 
     async def shutdown(self) -> None:
         """Release the model and its memory."""

@@ -29,7 +29,8 @@ class ScriptedEngine:
     def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
         return [ord(c) for c in messages[-1]["content"]]
 
-    async def generate(self, prompt_token_ids: list[int], n: int, request_id: str) -> Generation:
+    async def generate(self, prompt_token_ids: list[int], n: int, request_id: str,
+                       max_tokens: int | None = None) -> Generation:
         prompt = "".join(chr(i) for i in prompt_token_ids)
         if self.fail_on is not None and self.fail_on in prompt:
             raise ValueError(f"prompt refused: {prompt!r}")
@@ -38,7 +39,7 @@ class ScriptedEngine:
         for _ in range(n):
             k = self.drawn.get(prompt, 0)
             self.drawn[prompt] = k + 1
-            text = self.script(prompt, k)
+            text = self.script(prompt, k)[: max_tokens or None]
             samples.append(Sample(text, [ord(c) for c in text], "stop"))
         return Generation(prompt_tokens=len(prompt_token_ids), samples=samples)
 

@@ -84,7 +84,7 @@ class VllmEngine:
         self._params = SamplingParams(
             temperature=s.temperature, top_p=s.top_p, top_k=s.top_k, min_p=s.min_p,
             max_tokens=s.max_tokens, stop=s.stop or None, logprobs=s.logprobs or None,
-            flat_logprobs=bool(s.logprobs), output_kind=RequestOutputKind.FINAL_ONLY,
+            flat_logprobs=bool(s.logprobs), ignore_eos=s.ignore_eos, output_kind=RequestOutputKind.FINAL_ONLY,
         )
 
     def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
@@ -93,11 +93,14 @@ class VllmEngine:
         )
         return self._tokenizer.encode(text, add_special_tokens=False)
 
-    async def generate(self, prompt_token_ids: list[int], n: int, request_id: str) -> Generation:
+    async def generate(self, prompt_token_ids: list[int], n: int, request_id: str,
+                       max_tokens: int | None = None) -> Generation:
         from vllm.v1.engine.exceptions import EngineDeadError
 
         params = self._params.clone()
         params.n = n
+        if max_tokens is not None:
+            params.max_tokens = max_tokens
         final = None
         try:
             async for output in self._llm.generate({"prompt_token_ids": prompt_token_ids}, params, request_id):

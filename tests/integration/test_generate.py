@@ -1,0 +1,170 @@
+"""The generation job end to end: real vLLM CPU engine, local Ray, moto S3, real Parquet.
+
+200 arithmetic prompts x n=4 -> committed shards; resume after the driver is
+killed; bad input rows reported while the valid rows complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from potstill.pipelines.commit import committed_data_files, read_manifest
+from potstill.pipelines.generate_job import run_generation
+from potstill.pipelines.storage import filesystem_for
+from potstill.schemas import GenerationConfig, StorageConfig
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+N = 4
+
+
+def arithmetic_config(out: str, run_id: str, count: int = 200, per_shard: int = 25, storage: StorageConfig | None = None):
+    return GenerationConfig.model_validate({
+        "run_id": run_id,
+        "prompts": {"arithmetic": {"count": count, "digits": 3, "seed": 1234}},
+        "teacher": {"model": "potstill:arithmetic-teacher", "dtype": "float32", "max_model_len": 256},
+        "sampling": {"n": N, "temperature": 0.6, "max_tokens": 192, "logprobs": 4},
+        "verify": {"method": "math"},
+        "output": {"uri": out, "prompts_per_shard": per_shard, "storage": (storage or StorageConfig()).model_dump()},
+    })
+
+
+def read_rows(uri: str, storage: StorageConfig | None = None):
+    fs, _ = filesystem_for(uri, storage)
+    rows = []
+    for path in committed_data_files(uri, storage):
+        with fs.open(path.split("://", 1)[-1] if uri.startswith("s3://") else path, "rb") as f:
+            rows.extend(pq.read_table(f, columns=["prompt_id", "sample_index", "verified", "topk_ids",
+                                                  "completion_tokens"]).to_pylist())
+    return rows
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    from potstill.cluster.connect import ensure_ray
+
+    ensure_ray()
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def clean_run(ray_local, s3_server):
+    """One uninterrupted run of 200 prompts x 4 samples into a moto S3 bucket."""
+    import boto3
+
+    storage = StorageConfig(endpoint_url=s3_server)
+    boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1").create_bucket(Bucket="clean-run")
+    uri = "s3://clean-run/traces"
+    summary = run_generation(arithmetic_config(uri, "clean", storage=storage))
+    return uri, storage, summary
+
+
+def test_200_prompts_x4_committed_to_s3(clean_run):
+    uri, storage, summary = clean_run
+    manifest = read_manifest(uri, storage)
+    rows = read_rows(uri, storage)
+    failed = {f.prompt_id for f in manifest.failed}
+    by_prompt: dict[str, list[int]] = {}
+    for r in rows:
+        by_prompt.setdefault(r["prompt_id"], []).append(r["sample_index"])
+    assert len(by_prompt) + len(failed) == 200
+    for prompt_id, indices in by_prompt.items():
+        assert sorted(indices) == list(range(N)), prompt_id
+    assert manifest.totals.traces == len(rows) == sum(s.row_count for s in manifest.shards)
+    assert manifest.totals.prompts == 200
+    assert len(manifest.shards) == 8 and summary["shards"] == 8
+    assert all(r["topk_ids"] and len(r["topk_ids"]) == r["completion_tokens"] for r in rows)
+    fs, root = filesystem_for(uri, storage)
+    assert fs.exists(f"{root}/_SUCCESS")
+
+
+def test_verified_fraction_tracks_the_teachers_accuracy(clean_run):
+    from potstill.pipelines.teacher_demo import run_teacher_demo
+
+    uri, storage, _ = clean_run
+    rows = read_rows(uri, storage)
+    verified = sum(r["verified"] is True for r in rows) / len(rows)
+    teacher = run_teacher_demo(n=200, seed=1234)  # greedy, same held-out problems, separate engine
+    assert abs(verified - teacher["accuracy"]) <= 0.05, (verified, teacher["accuracy"])
+
+
+def _generate_cli(config: Path, out: Path, run_id: str) -> subprocess.Popen:
+    env = dict(os.environ, RAY_ADDRESS="")
+    return subprocess.Popen([sys.executable, "-m", "potstill.cli", "generate", str(config), "--out", str(out),
+                             "--run-id", run_id, "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=env, cwd=REPO, start_new_session=True)
+
+
+def test_resume_after_the_driver_is_killed(tmp_path, clean_run):
+    """Kill the driver after some shards commit; the re-run completes only the rest."""
+    uri, storage, _ = clean_run
+    out = tmp_path / "resumed"
+    config = tmp_path / "gen.yaml"
+    config.write_text(json.dumps(json.loads(arithmetic_config(str(out), "resume").model_dump_json(exclude={"run_id"}))))
+    proc = _generate_cli(config, out, "resume")
+    commits = out / "commits"
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list(commits.glob("*.json"))) < 2 and proc.poll() is None:
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = {p.name: p.read_bytes() for p in commits.glob("*.json")}
+    assert 2 <= len(before) < 8, f"expected a partial run, {len(before)} shards committed at the kill"
+    assert not (out / "_SUCCESS").exists()
+
+    rerun = _generate_cli(config, out, "resume")
+    stdout, stderr = rerun.communicate(timeout=600)
+    assert rerun.returncode == 0, stderr.decode()[-3000:]
+    summary = json.loads(stdout.decode().strip().splitlines()[-1])
+    assert summary["shards_skipped"] == len(before)
+    # One engine request per prompt of the shards that were not committed, none for the committed ones.
+    assert summary["engine_requests"] == 25 * (8 - len(before))
+    for name, data in before.items():
+        assert (commits / name).read_bytes() == data, "a committed shard was rewritten"
+    keys = {(r["prompt_id"], r["sample_index"]) for r in read_rows(str(out))}
+    clean_keys = {(r["prompt_id"], r["sample_index"]) for r in read_rows(uri, storage)}
+    assert keys == clean_keys
+    assert len(read_rows(str(out))) == len(keys)  # no duplicates
+
+
+def test_bad_rows_are_reported_and_valid_rows_complete(tmp_path, ray_local):
+    from potstill.pipelines.arithmetic import fresh_problems
+
+    good = fresh_problems(6, 3, seed=99)
+    lines = [json.dumps({"question": q, "answer": a}).encode() for q, a in good[:3]]
+    lines.append(b'{"messages": [{"role": "wizard", "content": "hi"}]}')
+    lines.append(b'{"question": "caf\xe9 au lait", "answer": "1"}')
+    lines.append(json.dumps({"question": "9" * 5000, "answer": "1"}).encode())
+    lines.append(json.dumps({"question": good[0][0], "answer": good[0][1]}).encode())
+    lines.extend(json.dumps({"question": q, "answer": a}).encode() for q, a in good[3:])
+    src = tmp_path / "prompts.jsonl"
+    src.write_bytes(b"\n".join(lines) + b"\n")
+    cfg = GenerationConfig.model_validate({
+        "run_id": "bad-input",
+        "prompts": {"path": str(src), "fields": {"prompt": "question", "reference": "answer"}, "max_prompt_chars": 2000},
+        "teacher": {"model": "potstill:arithmetic-teacher", "dtype": "float32", "max_model_len": 256},
+        "sampling": {"n": 1, "temperature": 0.0, "max_tokens": 192},
+        "output": {"uri": str(tmp_path / "out"), "prompts_per_shard": 4},
+    })
+    summary = run_generation(cfg)
+    assert summary["totals"]["prompts"] == 6 and summary["totals"]["traces"] == 6
+    errors = [json.loads(l) for l in (tmp_path / "out" / "errors" / "ingest.jsonl").read_text().splitlines()]
+    by_row = {e["row"]: e for e in errors}
+    assert set(by_row) == {3, 4, 5, 6}
+    assert "wizard" in by_row[3]["reason"]
+    assert "UTF-8" in by_row[4]["reason"] or "utf-8" in by_row[4]["reason"].lower()
+    assert by_row[5]["field"] == "question" and "2000" in by_row[5]["reason"]
+    assert "duplicate of row 0" in by_row[6]["reason"]

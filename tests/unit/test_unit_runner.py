@@ -1,0 +1,55 @@
+"""UnitRunner logic (sampling rounds, rejection sampling, failures) on a scripted engine."""
+
+import asyncio
+
+from potstill.pipelines.engines.scripted import ScriptedEngine
+from potstill.pipelines.plan import iter_units
+from potstill.pipelines.unit_runner import UnitRunner
+from potstill.pipelines.verify import build_judge
+from potstill.schemas import Message, PromptRecord, SamplingConfig, VerifyConfig
+
+
+def _unit(*questions, reference="4"):
+    prompts = [PromptRecord.from_messages([Message(role="user", content=q)], source_row=i, reference=reference)
+               for i, q in enumerate(questions)]
+    return next(iter_units(prompts, "run", 100))
+
+
+def _run(engine, unit, sampling, verify):
+    runner = UnitRunner(engine, build_judge(verify), sampling, verify)
+    return asyncio.run(runner.run(unit)), runner
+
+
+def test_n_samples_per_prompt_with_verdicts_and_think_split():
+    engine = ScriptedEngine(lambda p, k: "<think>2+2</think>4" if k % 2 == 0 else "<think>2+2</think>5")
+    result, runner = _run(engine, _unit("a", "b"), SamplingConfig(n=4), VerifyConfig(method="exact"))
+    assert len(result.rows) == 8 and runner.requests == 2
+    assert [r["sample_index"] for r in result.rows[:4]] == [0, 1, 2, 3]
+    assert [r["verified"] for r in result.rows[:4]] == [True, False, True, False]
+    assert result.rows[0]["reasoning"] == "2+2" and result.rows[0]["answer"] == "4"
+    assert result.stats.verified == 4 and result.stats.rejected == 4 and result.stats.samples_drawn == 8
+
+
+def test_rejection_sampling_stops_at_k_accepted():
+    engine = ScriptedEngine(lambda p, k: "4" if k >= 5 else "wrong")
+    verify = VerifyConfig(method="exact", accept_per_prompt=2, max_samples_per_prompt=16, keep_rejected=False)
+    result, runner = _run(engine, _unit("q"), SamplingConfig(n=2), verify)
+    assert [r["verified"] for r in result.rows] == [True, True]
+    assert result.stats.samples_drawn == 8  # rounds of 2: wrong x5, then 4, 4 (6 and 7 drawn in round 4)
+    assert {r["attempt"] for r in result.rows} == {2, 3}
+
+
+def test_rejection_sampling_budget_is_bounded():
+    engine = ScriptedEngine(lambda p, k: "wrong")
+    verify = VerifyConfig(method="exact", accept_per_prompt=1, max_samples_per_prompt=5)
+    result, _ = _run(engine, _unit("q"), SamplingConfig(n=2), verify)
+    assert result.stats.samples_drawn == 5 and result.stats.verified == 0
+    assert len(result.rows) == 5 and not any(r["verified"] for r in result.rows)  # kept as rejected
+
+
+def test_a_prompt_the_engine_refuses_is_recorded_failed_and_the_rest_complete():
+    engine = ScriptedEngine(lambda p, k: "4", fail_on="poison")
+    result, _ = _run(engine, _unit("fine", "poison", "also fine"), SamplingConfig(n=1), VerifyConfig(method="exact"))
+    assert len(result.rows) == 2
+    assert len(result.failed) == 1 and "prompt refused" in result.failed[0].reason
+    assert result.stats.failed_prompts == 1
