@@ -149,6 +149,8 @@ class GenerationController:
             "engine_requests": self.progress.engine_requests,
             "replicas_replaced": self.progress.replicas_replaced, "units_retried": self.progress.units_retried,
             "elapsed_s": time.time() - self.progress.started_at,
+            "generation_s": self._generation_s,
+            "controller_peak_rss_mb": peak_rss_mb(),
         }
 
     # -- planning ----------------------------------------------------------------------------
@@ -189,6 +191,7 @@ class GenerationController:
         info = ray.get(first.handle.start.remote())  # surfaces a bad model/config before any work is queued
         self._revision = info.get("revision")
         replicas.append(first)
+        started = time.perf_counter()
         while True:
             while len(replicas) < self.target_replicas:
                 replicas.append(factory.create())
@@ -230,6 +233,7 @@ class GenerationController:
             if self.target_replicas < rcfg.max_replicas and (retry or not exhausted):
                 if all(len(r.inflight) >= rcfg.units_in_flight for r in replicas):
                     self.target_replicas += 1  # backlog with every replica full: scale up
+        self._generation_s = time.perf_counter() - started
         for rep in replicas:
             self._collect_requests(rep)
             ray.kill(rep.handle)
@@ -305,3 +309,11 @@ class GenerationController:
                 rep.last_progress = now
 
     _revision: str | None = None
+    _generation_s: float = 0.0  # first replica ready -> last shard committed (engine start excluded)
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process in MiB."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

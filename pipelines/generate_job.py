@@ -29,6 +29,7 @@ def run_generation(cfg: GenerationConfig, *, address: str | None = None,
 
     from potstill.actors.controller import ControllerActor, controller_name
     from potstill.cluster.connect import ensure_ray
+    from potstill.pipelines.controller import peak_rss_mb
 
     ensure_ray(address)
     run_id = cfg.resolved_run_id()
@@ -45,7 +46,9 @@ def run_generation(cfg: GenerationConfig, *, address: str | None = None,
                 except (ray.exceptions.GetTimeoutError, ray.exceptions.RayActorError):
                     pass
             if ready:
-                return ray.get(done)
+                summary = ray.get(done)
+                summary["driver_peak_rss_mb"] = peak_rss_mb()
+                return summary
     finally:
         ray.kill(actor)
         time.sleep(0)  # let the kill be sent before the driver may exit
