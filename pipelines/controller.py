@@ -128,6 +128,8 @@ class GenerationController:
         return self.target_replicas
 
     def run(self, factory: ReplicaFactory | None = None) -> dict[str, Any]:
+        if self.storage.remote:
+            self.storage.check_conditional_create()
         claim_run(self.storage, self.cfg, self.run_id)
         plan, report = self._plan()
         committed = committed_shard_ids(self.storage)

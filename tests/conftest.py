@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
+import uuid
+
+import pytest
 
 # vLLM's CPU backend reserves this many GiB of KV cache per engine: keep tests small.
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -10,3 +15,81 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+# ---- S3: a real S3 HTTP endpoint (moto) for the storage and commit tests ----
+
+_FAKE_AWS_ENV = {
+    "AWS_ACCESS_KEY_ID": "potstill-test-key",
+    "AWS_SECRET_ACCESS_KEY": "potstill-test-secret",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    # Never read a developer's real ~/.aws while testing.
+    "AWS_CONFIG_FILE": os.devnull,
+    "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+}
+# Unset so that nothing silently depends on them (the endpoint is always passed explicitly).
+_UNSET_AWS_ENV = ("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_SECURITY_TOKEN")
+
+
+def _serialize_moto_writes(mp: pytest.MonkeyPatch) -> None:
+    """Make moto's If-None-Match check-then-store atomic, as it is on real S3.
+
+    moto checks "does the key exist" and stores the object in separate steps
+    of a threaded server, so two racing conditional PUTs could both pass;
+    serializing object writes keeps the race tests about our protocol.
+    """
+    from moto.s3.responses import S3Response
+
+    lock = threading.RLock()
+    for name in ("put_object", "_key_response_post"):
+        original = getattr(S3Response, name)
+
+        def locked(self, *args, __original=original, **kwargs):
+            with lock:
+                return __original(self, *args, **kwargs)
+
+        mp.setattr(S3Response, name, locked)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def aws_test_env():
+    """Fake AWS credentials in os.environ for the whole session; restored after.
+
+    Autouse so they are in place before any Ray cluster starts (workers copy
+    the driver's env at start) and so no test can reach a real AWS account.
+    """
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in _FAKE_AWS_ENV.items():
+            mp.setenv(key, value)
+        for key in _UNSET_AWS_ENV:
+            mp.delenv(key, raising=False)
+        yield dict(_FAKE_AWS_ENV)
+
+
+@pytest.fixture(scope="session")
+def s3_server(aws_test_env):
+    """A moto S3 server on 127.0.0.1; yields its endpoint URL."""
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    with pytest.MonkeyPatch.context() as mp:
+        _serialize_moto_writes(mp)
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)  # 0: the OS picks a free port
+        server.start()
+        host, port = server.get_host_and_port()
+        try:
+            yield f"http://{host}:{port}"
+        finally:
+            server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server):
+    """A fresh bucket; yields (run root URI inside it, StorageConfig pointing at the server)."""
+    from potstill.pipelines.storage import s3_filesystem
+    from potstill.schemas.generation import StorageConfig
+
+    config = StorageConfig(endpoint_url=s3_server, region="us-east-1", max_retries=2)
+    bucket = f"potstill-test-{uuid.uuid4().hex[:12]}"
+    s3_filesystem(config).call_s3("create_bucket", Bucket=bucket)
+    yield f"s3://{bucket}/runs/test", config
