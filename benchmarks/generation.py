@@ -26,6 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.bench_model import build_random_llama  # noqa: E402
+from potstill.cli.common import last_json_line  # noqa: E402
 
 TEMPERATURE = 0.6
 
@@ -135,7 +136,7 @@ def driver_rss(model: Path, work: Path, prompts: int) -> tuple[float, float]:
                           str(work / f"rss{prompts}"), "--json"], capture_output=True, text=True, cwd=REPO)
     if out.returncode != 0:
         raise RuntimeError(out.stderr[-3000:])
-    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    summary = last_json_line(out.stdout)
     return summary["driver_peak_rss_mb"], summary["controller_peak_rss_mb"]
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from potstill.pipelines.commit import committed_shard_ids, finalize_run
 from potstill.pipelines.ingest import IngestReport, iter_prompts
+from potstill.pipelines.model_assets import teacher_revision
 from potstill.pipelines.plan import RunPlan, WorkUnit, iter_units, plan_run
 from potstill.pipelines.run_record import claim_run
 from potstill.pipelines.shard_output import persist_unit
@@ -141,12 +142,13 @@ class GenerationController:
             self._generate(plan, set(todo), factory or ReplicaFactory(self.cfg, self.out_uri))
         self.progress.phase = "finalizing"
         teacher = self.cfg.teacher
-        revision = self._revision
+        revision = teacher_revision(teacher.model, teacher.revision)
         manifest = finalize_run(self.storage, self.run_id, self.cfg.fingerprint(), teacher.model, revision, plan.shard_ids)
         self.progress.phase = "done"
         return {
             "run_id": self.run_id, "out": self.out_uri, "shards": len(manifest.shards),
             "shards_skipped": self.progress.shards_skipped, "totals": manifest.totals.model_dump(),
+            "this_run": self.progress.totals.model_dump(),
             "failed_prompts": len(manifest.failed), "ingest": report.counts(),
             "engine_requests": self.progress.engine_requests,
             "replicas_replaced": self.progress.replicas_replaced, "units_retried": self.progress.units_retried,
@@ -190,8 +192,7 @@ class GenerationController:
         exhausted = False
 
         first = factory.create()
-        info = ray.get(first.handle.start.remote())  # surfaces a bad model/config before any work is queued
-        self._revision = info.get("revision")
+        ray.get(first.handle.start.remote())  # surfaces a bad model/config before any work is queued
         replicas.append(first)
         started = time.perf_counter()
         while True:
@@ -310,7 +311,6 @@ class GenerationController:
                 ray.kill(rep.handle)
                 rep.last_progress = now
 
-    _revision: str | None = None
     _generation_s: float = 0.0  # first replica ready -> last shard committed (engine start excluded)
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from potstill.pipelines.engines.protocol import EngineFailure, Generation, Sample
-from potstill.pipelines.model_assets import model_revision, resolve_model
+from potstill.pipelines.model_assets import resolve_model, teacher_revision
 from potstill.schemas.generation import SamplingConfig, TeacherConfig
 
 _FINISH_REASONS = {"stop", "length", "abort"}
@@ -44,8 +44,7 @@ class VllmEngine:
         self.sampling = sampling
         self.model_path = resolve_model(teacher.model)
         self.model_name = teacher.model
-        local = Path(self.model_path).is_dir()
-        self.revision = teacher.revision or (model_revision(self.model_path) if local else None)
+        self.revision = teacher_revision(teacher.model, teacher.revision)
         self._llm = None
         self._tokenizer = None
         self._params = None

@@ -30,3 +30,20 @@ def print_json(obj: Any) -> None:
 
 
 EndpointOption = typer.Option(None, "--endpoint-url", help="S3 endpoint for s3:// URIs (MinIO, moto, ...).")
+
+
+def last_json_line(output: str | bytes) -> Any:
+    """The JSON object a `--json` command printed: its last line that parses as one.
+
+    Ray forwards actor logs to the driver's stdout, and a few may arrive after
+    the summary, so callers must not assume it is the very last line.
+    """
+    text = output.decode(errors="replace") if isinstance(output, bytes) else output
+    for line in reversed(text.splitlines()):
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                return json.loads(line)
+            except json.JSONDecodeError:
+                continue
+    raise ValueError("no JSON object in the command's output")

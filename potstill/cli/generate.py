@@ -15,14 +15,16 @@ def _summary_lines(s: dict[str, Any]) -> list[str]:
     t = s["totals"]
     judged = t["verified"] + t["rejected"]
     acc = f"{t['verified'] / judged:.1%}" if judged else "n/a"
-    tps = t["completion_tokens"] / s["elapsed_s"] if s["elapsed_s"] > 0 else 0.0
+    new_tokens = s["this_run"]["completion_tokens"]
+    tps = new_tokens / s["generation_s"] if s["generation_s"] > 0 else 0.0
     ingest = s["ingest"]
     return [
         f"run {s['run_id']}: {s['shards']} shards ({s['shards_skipped']} already committed) in {s['elapsed_s']:.1f} s",
         f"prompts {t['prompts']} · traces {t['traces']} · verified {t['verified']} ({acc} of judged) · "
         f"failed prompts {s['failed_prompts']}",
-        f"completion tokens {t['completion_tokens']} · {tps:,.0f} tokens/s · engine requests {s['engine_requests']}",
-        f"input rows {ingest['rows']} · valid {ingest['valid']} · invalid {ingest['invalid']} · "
+        f"completion tokens {t['completion_tokens']} ({new_tokens} this run, {tps:,.0f} tokens/s after engine start) · "
+        f"engine requests {s['engine_requests']}",
+        f"input rows {ingest['rows_read']} · valid {ingest['valid']} · invalid {ingest['invalid']} · "
         f"duplicates {ingest['duplicates']}" + (" (see errors/ingest.jsonl)" if ingest["invalid"] or ingest["duplicates"] else ""),
         f"output: {s['out']}",
     ]

@@ -17,6 +17,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from potstill.cli.common import last_json_line
 from potstill.pipelines.commit import committed_data_files, read_manifest
 from potstill.pipelines.generate_job import run_generation
 from potstill.pipelines.storage import filesystem_for
@@ -108,6 +109,18 @@ def _generate_cli(config: Path, out: Path, run_id: str) -> subprocess.Popen:
                             env=env, cwd=REPO, start_new_session=True)
 
 
+def settle_commits(commits: Path, quiet_s: float = 5.0, limit_s: float = 90.0) -> None:
+    """Return once no new commit has appeared for `quiet_s` seconds."""
+    count, since, start = -1, time.time(), time.time()
+    while time.time() - start < limit_s:
+        now = len(list(commits.glob("*.json")))
+        if now != count:
+            count, since = now, time.time()
+        elif time.time() - since >= quiet_s:
+            return
+        time.sleep(0.2)
+
+
 def test_resume_after_the_driver_is_killed(tmp_path, clean_run):
     """Kill the driver after some shards commit; the re-run completes only the rest."""
     uri, storage, _ = clean_run
@@ -121,6 +134,9 @@ def test_resume_after_the_driver_is_killed(tmp_path, clean_run):
         time.sleep(0.1)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    # The driver's actors die with it, but a replica may still land the shard it was committing:
+    # wait until that settles, so `before` is what the re-run finds.
+    settle_commits(commits)
     before = {p.name: p.read_bytes() for p in commits.glob("*.json")}
     assert 2 <= len(before) < 8, f"expected a partial run, {len(before)} shards committed at the kill"
     assert not (out / "_SUCCESS").exists()
@@ -128,7 +144,7 @@ def test_resume_after_the_driver_is_killed(tmp_path, clean_run):
     rerun = _generate_cli(config, out, "resume")
     stdout, stderr = rerun.communicate(timeout=600)
     assert rerun.returncode == 0, stderr.decode()[-3000:]
-    summary = json.loads(stdout.decode().strip().splitlines()[-1])
+    summary = last_json_line(stdout)
     assert summary["shards_skipped"] == len(before)
     # One engine request per prompt of the shards that were not committed, none for the committed ones.
     assert summary["engine_requests"] == 25 * (8 - len(before))
@@ -144,17 +160,21 @@ def test_bad_rows_are_reported_and_valid_rows_complete(tmp_path, ray_local):
     from potstill.pipelines.arithmetic import fresh_problems
 
     good = fresh_problems(6, 3, seed=99)
-    lines = [json.dumps({"question": q, "answer": a}).encode() for q, a in good[:3]]
-    lines.append(b'{"messages": [{"role": "wizard", "content": "hi"}]}')
-    lines.append(b'{"question": "caf\xe9 au lait", "answer": "1"}')
-    lines.append(json.dumps({"question": "9" * 5000, "answer": "1"}).encode())
-    lines.append(json.dumps({"question": good[0][0], "answer": good[0][1]}).encode())
-    lines.extend(json.dumps({"question": q, "answer": a}).encode() for q, a in good[3:])
+
+    def row(question: str, answer: str, role: str = "user") -> bytes:
+        return json.dumps({"messages": [{"role": role, "content": question}], "answer": answer}).encode()
+
+    lines = [row(q, a) for q, a in good[:3]]
+    lines.append(row("What is 1 + 2?", "3", role="wizard"))
+    lines.append(b'{"messages": [{"role": "user", "content": "caf\xe9 au lait"}], "answer": "1"}')
+    lines.append(row("9" * 5000, "1"))
+    lines.append(row(*good[0]))
+    lines.extend(row(q, a) for q, a in good[3:])
     src = tmp_path / "prompts.jsonl"
     src.write_bytes(b"\n".join(lines) + b"\n")
     cfg = GenerationConfig.model_validate({
         "run_id": "bad-input",
-        "prompts": {"path": str(src), "fields": {"prompt": "question", "reference": "answer"}, "max_prompt_chars": 2000},
+        "prompts": {"path": str(src), "fields": {"messages": "messages", "reference": "answer"}, "max_prompt_chars": 2000},
         "teacher": {"model": "potstill:arithmetic-teacher", "dtype": "float32", "max_model_len": 256},
         "sampling": {"n": 1, "temperature": 0.0, "max_tokens": 192},
         "output": {"uri": str(tmp_path / "out"), "prompts_per_shard": 4},
@@ -166,5 +186,5 @@ def test_bad_rows_are_reported_and_valid_rows_complete(tmp_path, ray_local):
     assert set(by_row) == {3, 4, 5, 6}
     assert "wizard" in by_row[3]["reason"]
     assert "UTF-8" in by_row[4]["reason"] or "utf-8" in by_row[4]["reason"].lower()
-    assert by_row[5]["field"] == "question" and "2000" in by_row[5]["reason"]
+    assert by_row[5]["field"] == "messages" and "2000" in by_row[5]["reason"]
     assert "duplicate of row 0" in by_row[6]["reason"]

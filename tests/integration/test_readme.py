@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from potstill.cli.common import last_json_line
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -36,7 +38,7 @@ def test_readme_main_command_runs_the_generation_job(tmp_path):
     out = subprocess.run(cli, cwd=REPO, capture_output=True, text=True, timeout=900,
                          env=dict(os.environ, RAY_ADDRESS=""))
     assert out.returncode == 0, out.stderr[-3000:]
-    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    summary = last_json_line(out.stdout)
     assert summary["totals"]["traces"] + 4 * summary["failed_prompts"] == 800
     assert summary["totals"]["verified"] > 0.9 * summary["totals"]["traces"]
     assert (tmp_path / "out" / "_SUCCESS").exists()
