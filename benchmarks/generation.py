@@ -42,27 +42,30 @@ def make_prompts(n: int, skewed: bool, seed: int) -> list[dict]:
     return rows
 
 
-def bare_vllm(model: Path, rows: list[dict], chunk: int | None) -> float:
-    """Output tokens/s of `LLM.generate`: all prompts at once, or in chunks of `chunk` in turn."""
+def bare_vllm(model: Path, runs: dict[str, tuple[list[dict], int | None]]) -> dict[str, float]:
+    """Output tokens/s of plain `LLM.generate` per run: all prompts at once, or chunks of `chunk` in turn."""
     from transformers import AutoTokenizer
     from vllm import LLM, SamplingParams
 
     tok = AutoTokenizer.from_pretrained(model)
-    ids = [tok.encode(tok.apply_chat_template([{"role": "user", "content": r["prompt"]}], add_generation_prompt=True,
-                                              tokenize=False), add_special_tokens=False) for r in rows]
-    params = [SamplingParams(temperature=TEMPERATURE, max_tokens=r["max_tokens"], ignore_eos=True) for r in rows]
     llm = LLM(model=str(model), dtype="float32", seed=0, max_model_len=1024, disable_log_stats=True)
-    llm.generate([{"prompt_token_ids": ids[0]}], params[0], use_tqdm=False)  # warm-up
-    start = time.perf_counter()
-    tokens = 0
-    step = chunk or len(rows)
-    for i in range(0, len(rows), step):
-        outs = llm.generate([{"prompt_token_ids": x} for x in ids[i:i + step]], params[i:i + step], use_tqdm=False)
-        tokens += sum(len(o.outputs[0].token_ids) for o in outs)
-    elapsed = time.perf_counter() - start
+    results = {}
+    for name, (rows, chunk) in runs.items():
+        ids = [tok.encode(tok.apply_chat_template([{"role": "user", "content": r["prompt"]}],
+                                                  add_generation_prompt=True, tokenize=False),
+                          add_special_tokens=False) for r in rows]
+        params = [SamplingParams(temperature=TEMPERATURE, max_tokens=r["max_tokens"], ignore_eos=True) for r in rows]
+        llm.generate([{"prompt_token_ids": ids[0]}], params[0], use_tqdm=False)  # warm-up
+        start = time.perf_counter()
+        tokens = 0
+        step = chunk or len(rows)
+        for i in range(0, len(rows), step):
+            outs = llm.generate([{"prompt_token_ids": x} for x in ids[i:i + step]], params[i:i + step], use_tqdm=False)
+            tokens += sum(len(o.outputs[0].token_ids) for o in outs)
+        results[name] = tokens / (time.perf_counter() - start)
     del llm
     gc.collect()
-    return tokens / elapsed
+    return results
 
 
 def pipeline(model: Path, rows: list[dict], work: Path, name: str) -> float:
@@ -94,7 +97,7 @@ def writer_vs_pyarrow(work: Path, rows: int = 20_000) -> float:
     from potstill.schemas import StorageConfig
 
     rng = random.Random(0)
-    base = {"run_id": "bench", "shard_id": "s", "attempt": 0, "reference": "1", "reasoning": "r" * 80,
+    base = {"run_id": "bench", "shard_id": "shard", "attempt": 0, "reference": "1", "reasoning": "r" * 80,
             "answer": "123", "finish_reason": "stop", "prompt_tokens": 30, "verifier": "math",
             "teacher_model": "m", "teacher_revision": "x", "sampling": "{}", "schema_version": 1}
     records = []
@@ -115,7 +118,7 @@ def writer_vs_pyarrow(work: Path, rows: int = 20_000) -> float:
         pq.write_table(table, work / f"raw{rep}.parquet", compression="zstd", compression_level=3)
         timings["raw"].append(time.perf_counter() - start)
         start = time.perf_counter()
-        write_shard(storage, "bench", f"shard{rep}", table, "zstd", 3)
+        write_shard(storage, "bench", "shard", table, "zstd", 3)
         timings["writer"].append(time.perf_counter() - start)
     # Same bytes on both sides, so the MB/s ratio is the inverse time ratio.
     return min(timings["raw"]) / min(timings["writer"])
@@ -154,9 +157,8 @@ def main() -> None:
         work = Path(tmp)
         model = build_random_llama(work / "model")
         skewed, uniform = make_prompts(args.prompts, True, 0), make_prompts(args.prompts, False, 1)
-        bare_skewed = bare_vllm(model, skewed, None)
-        chunked_skewed = bare_vllm(model, skewed, 64)
-        bare_uniform = bare_vllm(model, uniform, None)
+        bare = bare_vllm(model, {"skewed": (skewed, None), "chunked": (skewed, 64), "uniform": (uniform, None)})
+        bare_skewed, chunked_skewed, bare_uniform = bare["skewed"], bare["chunked"], bare["uniform"]
         ensure_ray()
         pipe_skewed = pipeline(model, skewed, work, "skewed")
         pipe_uniform = pipeline(model, uniform, work, "uniform")

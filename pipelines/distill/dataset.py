@@ -1,0 +1,148 @@
+"""The training dataset: committed trace files -> filtered, tokenized, packed rows (Ray Data).
+
+    sources = trace_sources(files, storage)            # teacher and top-k width per generation run
+    ds = build_dataset(files, cfg, tokenizer_path, use_teacher_ids=True, topk_width=20)
+
+Only the explicit list of committed files is read (never a prefix listing).
+Filtering, tokenization and packing run in one `map_batches` over groups of
+`PACK_GROUP` traces: each group is packed on its own (best-fit decreasing),
+which streams and scales with the data while keeping packing efficiency high.
+Every output row has the same shapes, and Ray Train splits rows equally
+(`streaming_split(equal=True)`), so every worker gets the same number of
+batches and DDP never waits on a worker that ran out.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from potstill.pipelines.distill.packing import pack
+from potstill.pipelines.distill.tokenize import TraceTokenizer, rows_from_arrow
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from potstill.schemas.generation import StorageConfig
+    from potstill.schemas.training import TraceDataConfig, TrainingConfig
+
+log = logging.getLogger(__name__)
+
+PACK_GROUP = 1024
+"""Traces packed together; ~0.98 efficiency on arithmetic traces at 1024 tokens (see tests)."""
+
+BASE_COLUMNS = ["prompt_id", "sample_index", "messages", "completion", "finish_reason", "verified", "completion_tokens"]
+
+
+@dataclass(frozen=True)
+class TraceSource:
+    """What one generation run's rows say about how they were made."""
+
+    run: str
+    teacher_model: str
+    topk_width: int
+    """`sampling.logprobs` of the run: the most top-k entries a token can carry (0: none)."""
+
+
+def arrow_filesystem(uri: str, storage: "StorageConfig") -> Any:
+    """A pyarrow filesystem for s3:// URIs with the configured endpoint (None for local paths)."""
+    from potstill.pipelines.storage import is_remote
+
+    if not is_remote(uri):
+        return None
+    from pyarrow.fs import S3FileSystem
+
+    return S3FileSystem(endpoint_override=storage.endpoint_url, region=storage.region, anonymous=storage.anonymous)
+
+
+def _strip_scheme(uri: str) -> str:
+    return uri.split("://", 1)[1] if "://" in uri else uri
+
+
+def _run_of(path: str) -> str:
+    # Committed data lives at <run>/data/<shard_id>/<attempt>.parquet (DESIGN.md, commit protocol).
+    return path.rsplit("/data/", 1)[0] if "/data/" in path else path
+
+
+def trace_sources(data_files: list[str], storage: "StorageConfig") -> list[TraceSource]:
+    """One `TraceSource` per generation run, read from the first row of one file of that run."""
+    import pyarrow.parquet as pq
+
+    first_file: dict[str, str] = {}
+    for f in data_files:
+        first_file.setdefault(_run_of(f), f)
+    sources = []
+    for run, path in first_file.items():
+        fs = arrow_filesystem(path, storage)
+        with pq.ParquetFile(_strip_scheme(path) if fs else path, filesystem=fs) as pf:
+            if pf.metadata.num_rows == 0:
+                continue
+            head = pf.read_row_group(0, columns=["teacher_model", "sampling"]).slice(0, 1).to_pylist()
+        if not head:
+            continue
+        sampling = json.loads(head[0]["sampling"] or "{}")
+        sources.append(TraceSource(run, head[0]["teacher_model"], int(sampling.get("logprobs") or 0)))
+    return sources
+
+
+def keep_mask(table: "pa.Table", data: "TraceDataConfig") -> "pa.Array":
+    """Rows to train on: verified (when `verified_only`), stopped (when `require_stop`), not too long."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    keep = pa.array(np.ones(table.num_rows, dtype=bool))
+    if data.verified_only:
+        keep = pc.and_(keep, pc.fill_null(table.column("verified"), False))
+    if data.require_stop:
+        keep = pc.and_(keep, pc.equal(table.column("finish_reason"), "stop"))
+    if data.max_completion_tokens is not None:
+        keep = pc.and_(keep, pc.less_equal(table.column("completion_tokens"), data.max_completion_tokens))
+    return keep
+
+
+@functools.lru_cache(maxsize=4)
+def _trace_tokenizer(tokenizer_path: str, use_teacher_ids: bool, topk_width: int) -> TraceTokenizer:
+    from potstill.pipelines.distill.student import load_tokenizer
+
+    return TraceTokenizer(load_tokenizer(tokenizer_path), use_teacher_ids, topk_width)
+
+
+def pack_traces(
+    table: "pa.Table", data_cfg: dict[str, Any], tokenizer_path: str, use_teacher_ids: bool, topk_width: int,
+    max_tokens: int, packing_enabled: bool,
+) -> dict[str, np.ndarray]:
+    """The `map_batches` function: filter, tokenize and pack one group of trace rows."""
+    from potstill.schemas.training import TraceDataConfig
+
+    tok = _trace_tokenizer(tokenizer_path, use_teacher_ids, topk_width)
+    kept = table.filter(keep_mask(table, TraceDataConfig.model_validate(data_cfg)))
+    docs = [tok(row) for row in rows_from_arrow(kept, topk_width)]
+    too_long = sum(len(d) > max_tokens for d in docs)
+    if too_long:
+        log.warning("%d of %d traces are longer than packing.max_tokens=%d and were left out", too_long, len(docs), max_tokens)
+    pad = tok.tokenizer.pad_token_id if tok.tokenizer.pad_token_id is not None else 0
+    return pack(docs, max_tokens, pad, topk_width, packing_enabled)
+
+
+def build_dataset(
+    data_files: list[str], cfg: "TrainingConfig", tokenizer_path: str, use_teacher_ids: bool, topk_width: int,
+) -> Any:
+    """The packed Ray dataset (lazy) over exactly `data_files`."""
+    import ray.data
+
+    columns = BASE_COLUMNS + (["completion_token_ids"] if use_teacher_ids else []) + (["topk_ids", "topk_logprobs"] if topk_width else [])
+    fs = arrow_filesystem(data_files[0], cfg.data.storage)
+    paths = [_strip_scheme(f) for f in data_files] if fs else list(data_files)
+    ds = ray.data.read_parquet(paths, columns=columns, filesystem=fs)
+    return ds.map_batches(
+        pack_traces, batch_size=PACK_GROUP, batch_format="pyarrow",
+        fn_kwargs={
+            "data_cfg": cfg.data.model_dump(mode="json"), "tokenizer_path": tokenizer_path, "use_teacher_ids": use_teacher_ids,
+            "topk_width": topk_width, "max_tokens": cfg.packing.max_tokens, "packing_enabled": cfg.packing.enabled,
+        },
+    )
