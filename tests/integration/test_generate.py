@@ -188,3 +188,19 @@ def test_bad_rows_are_reported_and_valid_rows_complete(tmp_path, ray_local):
     assert "UTF-8" in by_row[4]["reason"] or "utf-8" in by_row[4]["reason"].lower()
     assert by_row[5]["field"] == "messages" and "2000" in by_row[5]["reason"]
     assert "duplicate of row 0" in by_row[6]["reason"]
+
+
+def test_inspect_summarizes_the_run(clean_run):
+    from potstill.pipelines.inspect_run import inspect_run
+
+    uri, storage, summary = clean_run
+    info = inspect_run(uri, storage)
+    assert info["finished"] and info["shards"] == 8
+    assert info["totals"] == summary["totals"]
+    assert 0.9 <= info["accepted_fraction"] <= 1.0
+    assert info["completion_tokens"]["p50"] > 0
+    assert info["sample"]["completion"].startswith("<think>")
+    out = subprocess.run([sys.executable, "-m", "potstill.cli", "inspect", uri, "--endpoint-url", storage.endpoint_url,
+                          "--json"], capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert last_json_line(out.stdout)["totals"] == summary["totals"]
