@@ -3,11 +3,13 @@
     python -m potstill.pipelines.teacher_build --out potstill/assets/arithmetic-teacher --seed 0
 
 Builds a character-level tokenizer with a chat template and a 2-layer Llama,
-trains it on training-split additions (`potstill.pipelines.arithmetic`) with
-the loss on the completion only, scores it on held-out problems (greedy and
-temperature 0.6), and writes a Hugging Face folder that vLLM and transformers
-load offline, plus `training_info.json` with how it was made. The same seed
-gives byte-identical weights on the same machine and library versions.
+trains it on training-split additions of 1-4 digit operands (3 digits weighted
+double; `potstill.pipelines.arithmetic`) with the loss on the completion only,
+scores it on held-out problems of each digit count (greedy and temperature
+0.6), and writes a Hugging Face folder that vLLM and transformers load
+offline, plus `training_info.json` with how it was made. The same seed gives
+a byte-identical folder on the same machine and library versions. The model
+has only seen single user turns and operands of 1-4 digits.
 """
 
 from __future__ import annotations

@@ -38,14 +38,12 @@ def run_teacher_demo(
     path = resolve_model(model)
     problems = arithmetic.fresh_problems(n, digits, seed)
     llm = LLM(model=path, dtype="float32", seed=0, max_model_len=512, enforce_eager=True)
-    try:
-        params = SamplingParams(temperature=temperature, max_tokens=MAX_TOKENS)
-        conversations = [[{"role": "user", "content": question}] for question, _ in problems]
-        started = time.perf_counter()
-        outputs = llm.chat(conversations, params, use_tqdm=False)
-        elapsed = time.perf_counter() - started
-    finally:
-        del llm
+    params = SamplingParams(temperature=temperature, max_tokens=MAX_TOKENS)
+    conversations = [[{"role": "user", "content": question}] for question, _ in problems]
+    started = time.perf_counter()
+    outputs = llm.chat(conversations, params, use_tqdm=False)
+    elapsed = time.perf_counter() - started
+    del llm  # stops the engine core process now instead of at garbage collection
     completions = [out.outputs[0].text for out in outputs]
     output_tokens = sum(len(out.outputs[0].token_ids) for out in outputs)
     correct = sum(arithmetic.extract_answer(c) == ref for c, (_, ref) in zip(completions, problems))
