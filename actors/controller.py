@@ -21,9 +21,9 @@ class ControllerActor:
     """Thin actor over `GenerationController`."""
 
     def __init__(self, config_json: str, out_uri: str):
-        import logging
+        from potstill.pipelines.redact import configure_logging
 
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        configure_logging()  # level from POTSTILL_LOG_LEVEL; credentials redacted from every record
         self.controller = GenerationController(GenerationConfig.model_validate_json(config_json), out_uri)
 
     def run(self) -> dict[str, Any]:

@@ -3,9 +3,13 @@
 It runs inside the controller actor (`actors/controller.py`). The loop keeps
 `units_in_flight` units queued on every replica (backpressure: the data never
 passes through here, and memory holds one unit per in-flight slot however
-many prompts the run has), replaces a replica that died, broke
-(`EngineFailure`) or made no progress within `unit_timeout_s`, requeues its
-units, and records a unit's prompts as failed after `max_attempts`.
+many prompts the run has). It replaces a replica whose actor died, whose
+engine broke (`EngineFailure`), whose engine did not start within
+`start_timeout_s`, or that left a unit unfinished for `unit_timeout_s`, and
+requeues that replica's units; `supervision.FailurePolicy` decides which
+unit is blamed, when a unit is split so a poison prompt runs alone, and when
+a prompt is recorded as failed. Sub-unit results are the one case where rows
+pass through here: the controller commits their merged shard itself.
 """
 
 from __future__ import annotations
@@ -19,13 +23,18 @@ from typing import Any
 from potstill.pipelines.commit import committed_shard_ids, finalize_run
 from potstill.pipelines.ingest import IngestReport, iter_prompts
 from potstill.pipelines.model_assets import teacher_revision
-from potstill.pipelines.plan import RunPlan, WorkUnit, iter_units, plan_run
+from potstill.pipelines.plan import RunPlan, iter_units, plan_run
+from potstill.pipelines.redact import redact
+from potstill.pipelines.replica_pool import Replica, ReplicaFactory, missed_deadline
 from potstill.pipelines.run_record import claim_run
 from potstill.pipelines.shard_output import persist_unit
 from potstill.pipelines.storage import Storage
+from potstill.pipelines.supervision import Entry, FailurePolicy, Split, Verdict
 from potstill.pipelines.unit_runner import UnitResult
-from potstill.schemas.commit import FailedPrompt, ShardCommit, ShardStats
+from potstill.schemas.commit import ShardCommit, ShardStats
 from potstill.schemas.generation import GenerationConfig
+
+__all__ = ["GenerationController", "Progress", "ReplicaFactory", "peak_rss_mb"]
 
 log = logging.getLogger("potstill.controller")
 
@@ -43,7 +52,9 @@ class Progress:
     shards_skipped: int = 0
     replicas: int = 0
     replicas_replaced: int = 0
+    replaced_for: dict[str, int] = field(default_factory=dict)  # actor_died / engine_failure / hung -> count
     units_retried: int = 0
+    units_split: int = 0
     engine_requests: int = 0
     totals: ShardStats = field(default_factory=ShardStats)
     started_at: float = field(default_factory=time.time)
@@ -53,57 +64,6 @@ class Progress:
         d["totals"] = self.totals.model_dump()
         d["elapsed_s"] = time.time() - self.started_at
         return d
-
-
-@dataclass
-class _Entry:
-    """A unit waiting for a replica: attempts so far, and whether it must run alone."""
-
-    unit: WorkUnit
-    attempts: int = 0
-    exclusive: bool = False
-
-
-@dataclass
-class _Replica:
-    name: str
-    handle: Any
-    inflight: set = field(default_factory=set)
-    exclusive: bool = False
-    last_progress: float = field(default_factory=time.monotonic)
-    requests_seen: int = 0
-
-
-class ReplicaFactory:
-    """Creates replica actors with the resource plan; a seam for fault-injecting tests."""
-
-    def __init__(self, cfg: GenerationConfig, out_uri: str):
-        import ray
-
-        from potstill.actors.teacher_replica import TeacherReplica
-        from potstill.cluster.resources import engine_kwargs_for, replica_plan
-
-        self.cfg, self.out_uri = cfg, out_uri
-        gpus = ray.cluster_resources().get("GPU", 0)
-        self.plan = replica_plan(cfg.teacher, cfg.replicas, gpus)
-        self.engine_kwargs = engine_kwargs_for(cfg.teacher, self.plan)
-        self.actor_cls = ray.remote(TeacherReplica)
-        self.config_json = cfg.model_dump_json()
-        self.count = 0
-
-    def create(self) -> _Replica:
-        import ray
-        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
-        self.count += 1
-        name = f"replica-{self.count}"
-        options = dict(self.plan.actor_options)
-        if self.plan.uses_placement_group:
-            pg = ray.util.placement_group(self.plan.bundles, strategy=self.plan.strategy)
-            options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
-                placement_group=pg, placement_group_capture_child_tasks=True)
-        handle = self.actor_cls.options(**options).remote(self.config_json, self.out_uri, name, self.engine_kwargs)
-        return _Replica(name, handle)
 
 
 class GenerationController:
@@ -116,7 +76,14 @@ class GenerationController:
         self.storage = Storage(out_uri, cfg.output.storage)
         self.progress = Progress(run_id=self.run_id)
         self.target_replicas = cfg.replicas.min_replicas
-        self._stop = False
+        self.policy = FailurePolicy(cfg.replicas.max_attempts, cfg.replicas.split_into)
+        # The scheduling state of `_generate`.
+        self._retry: collections.deque[Entry] = collections.deque()
+        self._owner: dict[Any, tuple[Replica, Entry]] = {}
+        self._replicas: list[Replica] = []
+        self._starting: dict[Any, Replica] = {}  # start() refs of replicas whose engine is loading
+        self._start_failures = 0  # in a row; the run stops at max_attempts
+        self._exhausted = False
 
     # -- public, called through the actor -------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
@@ -145,14 +112,16 @@ class GenerationController:
         revision = teacher_revision(teacher.model, teacher.revision)
         manifest = finalize_run(self.storage, self.run_id, self.cfg.fingerprint(), teacher.model, revision, plan.shard_ids)
         self.progress.phase = "done"
+        p = self.progress
         return {
             "run_id": self.run_id, "out": self.out_uri, "shards": len(manifest.shards),
-            "shards_skipped": self.progress.shards_skipped, "totals": manifest.totals.model_dump(),
-            "this_run": self.progress.totals.model_dump(),
+            "shards_skipped": p.shards_skipped, "totals": manifest.totals.model_dump(),
+            "this_run": p.totals.model_dump(),
             "failed_prompts": len(manifest.failed), "ingest": report.counts(),
-            "engine_requests": self.progress.engine_requests,
-            "replicas_replaced": self.progress.replicas_replaced, "units_retried": self.progress.units_retried,
-            "elapsed_s": time.time() - self.progress.started_at,
+            "engine_requests": p.engine_requests,
+            "replicas_replaced": p.replicas_replaced, "replaced_for": dict(p.replaced_for),
+            "units_retried": p.units_retried, "units_split": p.units_split,
+            "elapsed_s": time.time() - p.started_at,
             "generation_s": self._generation_s,
             "controller_peak_rss_mb": peak_rss_mb(),
         }
@@ -180,66 +149,121 @@ class GenerationController:
             if unit.shard_id in todo:
                 yield unit
 
-    # -- scheduling and supervision ------------------------------------------------------------
+    # -- scheduling ------------------------------------------------------------------------------
     def _generate(self, plan: RunPlan, todo: set[str], factory: ReplicaFactory) -> None:
         import ray
 
-        rcfg = self.cfg.replicas
-        units = self._units(plan, todo)
-        retry: collections.deque[_Entry] = collections.deque()
-        owner: dict[Any, tuple[_Replica, _Entry]] = {}
-        replicas: list[_Replica] = []
-        exhausted = False
-
-        first = factory.create()
-        ray.get(first.handle.start.remote())  # surfaces a bad model/config before any work is queued
-        replicas.append(first)
+        self._units_left = self._units(plan, todo)
+        first = self._add_replica(factory)
+        ray.get(self._start_ref_of(first))  # surfaces a bad model/config before any work is queued
+        self._mark_ready(first)
         started = time.perf_counter()
         while True:
-            while len(replicas) < self.target_replicas:
-                replicas.append(factory.create())
-            self.progress.replicas = len(replicas)
-            for rep in replicas:
-                while len(rep.inflight) < rcfg.units_in_flight and not rep.exclusive:
-                    if not retry and not exhausted:
-                        unit = next(units, None)
-                        if unit is None:
-                            exhausted = True
-                        else:
-                            retry.append(_Entry(unit))
-                    if not retry or (retry[0].exclusive and rep.inflight):
-                        break
-                    entry = retry.popleft()
-                    if not rep.inflight:
-                        rep.last_progress = time.monotonic()
-                    ref = rep.handle.process.remote(entry.unit)
-                    rep.inflight.add(ref)
-                    rep.exclusive = entry.exclusive
-                    owner[ref] = (rep, entry)
-            if not owner:
+            self._fill_pool(factory)
+            self._dispatch()
+            if not self._owner:
                 break
-            ready, _ = ray.wait(list(owner), num_returns=1, timeout=1.0)
+            # Start refs first: a replica's failed start is handled before its units' failures.
+            ready, _ = ray.wait(list(self._starting) + list(self._owner), num_returns=1, timeout=1.0)
             for ref in ready:
-                if ref not in owner:  # already requeued with its replica
-                    continue
-                rep, entry = owner.pop(ref)
-                rep.inflight.discard(ref)
-                rep.exclusive = False
-                try:
-                    commit: ShardCommit = ray.get(ref)
-                except Exception as exc:  # noqa: BLE001 - every failure kind is handled below
-                    self._on_failure(exc, rep, entry, replicas, retry, owner)
-                    continue
-                rep.last_progress = time.monotonic()
-                self._on_commit(commit)
-            self._check_hung(replicas, time.monotonic())
-            if self.target_replicas < rcfg.max_replicas and (retry or not exhausted):
-                if all(len(r.inflight) >= rcfg.units_in_flight for r in replicas):
-                    self.target_replicas += 1  # backlog with every replica full: scale up
+                self._on_ready(ref)
+            self._check_deadlines(time.monotonic())
+            self._maybe_scale_up()
         self._generation_s = time.perf_counter() - started
-        for rep in replicas:
+        for rep in self._replicas:
             self._collect_requests(rep)
             ray.kill(rep.handle)
+        self._replicas.clear()
+
+    def _add_replica(self, factory: ReplicaFactory) -> Replica:
+        rep = factory.create()
+        self._starting[rep.handle.start.remote()] = rep
+        self._replicas.append(rep)
+        return rep
+
+    def _start_ref_of(self, rep: Replica) -> Any:
+        return next(ref for ref, r in self._starting.items() if r is rep)
+
+    def _mark_ready(self, rep: Replica) -> None:
+        self._starting = {ref: r for ref, r in self._starting.items() if r is not rep}
+        rep.ready_at = time.monotonic()
+
+    def _fill_pool(self, factory: ReplicaFactory) -> None:
+        """Start replicas up to the target while work remains (a dead one is replaced here)."""
+        while (self._retry or not self._exhausted) and len(self._replicas) < self.target_replicas:
+            self._add_replica(factory)
+        self.progress.replicas = len(self._replicas)
+
+    def _next_entry(self, busy: bool) -> Entry | None:
+        """The next entry for a replica (`busy`: it has work in flight, so an exclusive entry must wait)."""
+        if not self._retry and not self._exhausted:
+            unit = next(self._units_left, None)
+            if unit is None:
+                self._exhausted = True
+            else:
+                self._retry.append(Entry(unit))
+        if not self._retry or (self._retry[0].exclusive and busy):
+            return None
+        return self._retry.popleft()
+
+    def _dispatch(self) -> None:
+        limit = self.cfg.replicas.units_in_flight
+        for rep in self._replicas:
+            while len(rep.inflight) < limit and not rep.exclusive and rep.hung_reason is None:
+                entry = self._next_entry(busy=bool(rep.inflight))
+                if entry is None:
+                    break
+                method = rep.handle.generate if entry.is_part else rep.handle.process
+                ref = method.remote(entry.unit)
+                rep.inflight[ref] = time.monotonic()
+                rep.exclusive = entry.exclusive
+                self._owner[ref] = (rep, entry)
+
+    def _maybe_scale_up(self) -> None:
+        rcfg = self.cfg.replicas
+        if self.target_replicas < rcfg.max_replicas and (self._retry or not self._exhausted):
+            if all(len(r.inflight) >= rcfg.units_in_flight for r in self._replicas):
+                self.target_replicas += 1  # backlog with every replica full: scale up
+
+    # -- results -----------------------------------------------------------------------------------
+    def _on_ready(self, ref: Any) -> None:
+        import ray
+
+        if ref in self._starting:
+            rep = self._starting[ref]
+            try:
+                ray.get(ref)
+            except Exception as exc:  # noqa: BLE001 - any failure to start: replace it
+                self._on_start_failure(rep, exc)
+                return
+            self._start_failures = 0
+            self._mark_ready(rep)
+            return
+        if ref not in self._owner:  # already requeued with its replica
+            return
+        rep, entry = self._owner.pop(ref)
+        self._release(rep, ref)
+        try:
+            out = ray.get(ref)
+        except Exception as exc:  # noqa: BLE001 - every failure kind is handled below
+            self._on_failure(exc, rep, entry)
+            return
+        self._on_success(entry, out)
+
+    def _release(self, rep: Replica, ref: Any) -> None:
+        rep.inflight.pop(ref, None)
+        rep.exclusive = False
+
+    def _on_success(self, entry: Entry, out: ShardCommit | UnitResult) -> None:
+        if entry.split is not None:
+            self._add_part(entry.split, out)
+        else:
+            self._on_commit(out)
+
+    def _add_part(self, split: Split, result: UnitResult) -> None:
+        merged = split.add(result)
+        if merged is not None:  # the last sub-unit: commit the shard here (the rare path)
+            self._on_commit(persist_unit(self.storage, split.unit, merged, self.cfg.output))
 
     def _on_commit(self, commit: ShardCommit) -> None:
         p = self.progress
@@ -247,7 +271,7 @@ class GenerationController:
         p.prompts_done += commit.stats.prompts
         p.totals = p.totals + commit.stats
 
-    def _collect_requests(self, rep: _Replica) -> None:
+    def _collect_requests(self, rep: Replica) -> None:
         import ray
 
         try:
@@ -257,61 +281,149 @@ class GenerationController:
         self.progress.engine_requests += stats["engine_requests"] - rep.requests_seen
         rep.requests_seen = stats["engine_requests"]
 
-    def _on_failure(self, exc: Exception, rep: _Replica, entry: _Entry, replicas: list[_Replica],
-                    retry: collections.deque, owner: dict) -> None:
-        """Requeue a failed unit; replace a dead or broken replica.
-
-        When a replica dies, every unit on it is suspect but only one may be
-        the poison: suspects re-run alone (`exclusive`), and only a failure
-        while alone counts as an attempt, so a healthy unit is never failed
-        for its neighbour.
-        """
+    # -- supervision ---------------------------------------------------------------------------------
+    def _started(self, rep: Replica) -> bool:
+        """Whether `rep`'s engine has started (settling a start result the loop has not seen yet)."""
         import ray
 
-        from potstill.pipelines.engines.protocol import EngineFailure
+        ref = next((r for r, x in self._starting.items() if x is rep), None)
+        if ref is None:
+            return rep.ready_at is not None
+        done, _ = ray.wait([ref], timeout=0)
+        if not done:
+            return False
+        try:
+            ray.get(ref)
+        except Exception:  # noqa: BLE001 - it did not start
+            return False
+        self._start_failures = 0
+        self._mark_ready(rep)
+        return True
 
-        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-        broken = isinstance(exc, ray.exceptions.RayActorError) or (
-            isinstance(exc, ray.exceptions.RayTaskError) and isinstance(exc.cause, EngineFailure))
-        log.warning("unit %s failed on %s (attempt %d): %s", entry.unit.shard_id, rep.name, entry.attempts + 1, reason)
-        if not broken:
-            self._requeue(entry.unit, entry.attempts + 1, reason, exclusive=False, retry=retry)
+    def _on_start_failure(self, rep: Replica, exc: Exception) -> None:
+        """Replace a replica whose engine never started; its units never ran, so none is blamed."""
+        reason = rep.hung_reason or redact(_reason(exc))
+        self._start_failures += 1
+        if self._start_failures >= self.cfg.replicas.max_attempts:
+            raise RuntimeError(f"replicas: {self._start_failures} replicas in a row failed to start (last: {reason}); "
+                               f"fix the engine config or the cluster, then re-run with the same run id to resume") from exc
+        log.warning("%s failed to start: %s; replacing it", rep.name, reason)
+        waiting = self._drain(rep)
+        self._retire(rep, "hung" if rep.hung_reason else "start_failed")
+        self._retry.extendleft(reversed(waiting))
+
+    def _on_failure(self, exc: Exception, rep: Replica, entry: Entry) -> None:
+        """Blame and requeue after a failed unit; replace its replica if the replica is dead or broken."""
+        kind = _broken_kind(exc, rep)
+        reason = rep.hung_reason if kind == "hung" else redact(_reason(exc))
+        log.warning("unit %s (%d prompts) failed on %s: %s", entry.unit.shard_id, len(entry.unit.prompts), rep.name, reason)
+        if kind is None:  # the unit's own task raised: the replica is fine
+            self._apply(entry, self.policy.on_failure(entry, reason, broken=False, alone=True))
             return
-        victims = [entry] + [owner.pop(ref)[1] for ref in list(rep.inflight)]
-        rep.inflight.clear()
-        if rep in replicas:
-            self._collect_requests(rep)
-            ray.kill(rep.handle)
-            replicas.remove(rep)
-            self.progress.replicas_replaced += 1
+        if rep.ready_at is None and not self._started(rep):  # it broke before its engine started: nothing ran
+            self._retry.appendleft(entry)
+            self._on_start_failure(rep, exc)
+            return
+        victims = [entry] + self._drain(rep)
+        self._retire(rep, kind)
         for victim in victims:
-            if victim.exclusive:
-                self._requeue(victim.unit, victim.attempts + 1, reason, exclusive=True, retry=retry)
-            else:
-                self.progress.units_retried += 1
-                retry.append(_Entry(victim.unit, victim.attempts, exclusive=True))
+            # Alone on the engine (by rule or because nothing else was in flight): the failure is its own.
+            alone = victim.exclusive or len(victims) == 1
+            self._apply(victim, self.policy.on_failure(victim, reason, broken=True, alone=alone))
 
-    def _requeue(self, unit: WorkUnit, attempts: int, reason: str, *, exclusive: bool, retry: collections.deque) -> None:
-        if attempts < self.cfg.replicas.max_attempts:
-            self.progress.units_retried += 1
-            retry.append(_Entry(unit, attempts, exclusive))
-            return
-        log.error("unit %s failed %d times: recording its prompts as failed (%s)", unit.shard_id, attempts, reason)
-        failed = [FailedPrompt(prompt_id=p.prompt_id, reason=reason[:500], attempts=attempts) for p in unit.prompts]
-        result = UnitResult(failed=failed, stats=ShardStats(prompts=len(unit.prompts), failed_prompts=len(failed)))
-        self._on_commit(persist_unit(self.storage, unit, result, self.cfg.output))
-
-    def _check_hung(self, replicas: list[_Replica], now: float) -> None:
+    def _drain(self, rep: Replica) -> list[Entry]:
+        """Settle a dying replica's other in-flight units: finished ones count, the rest are returned."""
         import ray
 
-        for rep in list(replicas):
-            if rep.inflight and now - rep.last_progress > self.cfg.replicas.unit_timeout_s:
-                log.warning("%s made no progress for %.0f s: replacing it", rep.name, now - rep.last_progress)
-                # Killing makes its in-flight refs fail with RayActorError; they are requeued as they surface.
-                ray.kill(rep.handle)
-                rep.last_progress = now
+        refs = list(rep.inflight)
+        rep.inflight.clear()
+        rep.exclusive = False
+        if not refs:
+            return []
+        done, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+        victims = []
+        for ref in refs:
+            _, entry = self._owner.pop(ref)
+            if ref in done:
+                try:
+                    out = ray.get(ref)
+                except Exception:  # noqa: BLE001 - failed with its replica: a suspect like the rest
+                    victims.append(entry)
+                    continue
+                self._on_success(entry, out)
+            else:
+                victims.append(entry)
+        return victims
+
+    def _retire(self, rep: Replica, kind: str) -> None:
+        import ray
+
+        if rep not in self._replicas:
+            return
+        self._collect_requests(rep)
+        ray.kill(rep.handle)
+        self._replicas.remove(rep)
+        self._starting = {ref: r for ref, r in self._starting.items() if r is not rep}
+        self.progress.replicas_replaced += 1
+        self.progress.replaced_for[kind] = self.progress.replaced_for.get(kind, 0) + 1
+
+    def _apply(self, entry: Entry, verdict: Verdict) -> None:
+        if verdict.split:
+            self.progress.units_split += 1
+            log.warning("unit %s failed alone: re-running its %d prompts as %d sub-units", entry.unit.shard_id,
+                        len(entry.unit.prompts), len(verdict.requeue))
+        if verdict.requeue:
+            self.progress.units_retried += 1
+            self._retry.extend(verdict.requeue)
+        if verdict.gave_up is not None:
+            failed = verdict.gave_up.failed
+            log.error("shard %s: recording %d prompt(s) as failed after %d attempts (%s)", entry.unit.shard_id,
+                      len(failed), failed[0].attempts, failed[0].reason)
+            if entry.split is not None:
+                self._add_part(entry.split, verdict.gave_up)
+            else:
+                self._on_commit(persist_unit(self.storage, entry.unit, verdict.gave_up, self.cfg.output))
+
+    def _check_deadlines(self, now: float) -> None:
+        """Kill a replica whose engine did not start in time, or that left a unit unfinished too long."""
+        for rep in list(self._replicas):
+            if rep.hung_reason is None:
+                reason = missed_deadline(rep, now, self.cfg.replicas)
+                if reason is not None:
+                    self._kill_hung(rep, reason)
+
+    def _kill_hung(self, rep: Replica, reason: str) -> None:
+        import ray
+
+        log.warning("%s %s: replacing it", rep.name, reason)
+        rep.hung_reason = reason
+        ray.kill(rep.handle)  # its in-flight refs now fail with RayActorError and are requeued as they surface
+        if not rep.inflight:
+            self._retire(rep, "hung")
 
     _generation_s: float = 0.0  # first replica ready -> last shard committed (engine start excluded)
+
+
+def _reason(exc: BaseException) -> str:
+    """`Type: first line` of the error behind `exc` (a Ray task error's cause, not its traceback)."""
+    cause = getattr(exc, "cause", None) or exc
+    text = str(cause).strip()
+    return f"{type(cause).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def _broken_kind(exc: BaseException, rep: Replica) -> str | None:
+    """Why the replica must be replaced (`hung`, `actor_died`, `engine_failure`), or None if it is fine."""
+    import ray
+
+    from potstill.pipelines.engines.protocol import EngineFailure
+
+    if rep.hung_reason is not None:
+        return "hung"
+    if isinstance(exc, ray.exceptions.RayActorError):
+        return "actor_died"
+    if isinstance(exc, ray.exceptions.RayTaskError) and isinstance(exc.cause, EngineFailure):
+        return "engine_failure"
+    return None
 
 
 def peak_rss_mb() -> float:

@@ -6,13 +6,16 @@ sampling a prompt is re-asked until `accept_per_prompt` samples pass or
 `max_samples_per_prompt` have been drawn; every round is recorded in the
 row's `attempt`. A prompt the engine rejects (e.g. too long for the context)
 is recorded as failed; an `EngineFailure` propagates so the replica is
-replaced and the unit requeued.
+replaced and the unit requeued. When a unit fails, its other prompts'
+requests are cancelled (never left running in the engine), and request ids
+carry a per-run nonce so a retried unit never reuses a live request's id.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Protocol
@@ -61,6 +64,18 @@ def _judge_all(judge: Judge, prompt: PromptRecord, samples: list[Sample], attemp
     return out
 
 
+async def _gather_or_cancel(coros: list) -> list:
+    """`asyncio.gather`, except that the first exception cancels the others before it propagates."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        return await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
 class UnitRunner:
     """Runs work units on one engine; one instance lives in each replica."""
 
@@ -73,7 +88,8 @@ class UnitRunner:
         self.requests = 0
 
     async def run(self, unit: WorkUnit) -> UnitResult:
-        results = await asyncio.gather(*(self._run_prompt(unit, p) for p in unit.prompts))
+        nonce = uuid.uuid4().hex[:8]
+        results = await _gather_or_cancel([self._run_prompt(unit, p, nonce) for p in unit.prompts])
         out = UnitResult(stats=ShardStats(prompts=len(unit.prompts)))
         for prompt, (rows, failure, drawn, prompt_tokens, completion_tokens) in zip(unit.prompts, results):
             out.rows.extend(rows)
@@ -86,7 +102,7 @@ class UnitRunner:
             )
         return out
 
-    async def _run_prompt(self, unit: WorkUnit, prompt: PromptRecord):
+    async def _run_prompt(self, unit: WorkUnit, prompt: PromptRecord, nonce: str):
         messages = [m.model_dump() for m in prompt.messages]
         try:
             ids = self.engine.encode_chat(messages)
@@ -103,7 +119,7 @@ class UnitRunner:
             want = self.sampling.n if target is None else min(max(target - accepted, self.sampling.n), budget - len(judged))
             self.requests += 1
             try:
-                gen = await self.engine.generate(ids, want, f"{unit.shard_id}/{prompt.prompt_id[:16]}/{attempt}",
+                gen = await self.engine.generate(ids, want, f"{unit.shard_id}/{prompt.prompt_id[:16]}/{attempt}/{nonce}",
                                                  max_tokens=prompt.max_tokens)
             except EngineFailure:
                 raise

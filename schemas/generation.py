@@ -82,8 +82,10 @@ class ReplicasConfig(StrictModel):
     gpus_per_replica: float | None = Field(default=None, ge=0, description="GPUs per replica; default: tensor_parallel_size when the cluster has GPUs, else 0.")
     accelerator_type: str | None = Field(default=None, description="Ray accelerator type to pin replicas to (e.g. H100).")
     units_in_flight: int = Field(default=2, ge=1, description="Work units queued on each replica at once (backpressure; >1 keeps the engine busy across unit boundaries).")
-    unit_timeout_s: float = Field(default=1800, gt=0, description="A unit making no progress for this long marks its replica hung.")
-    max_attempts: int = Field(default=3, ge=1, description="Attempts per work unit before its prompts are recorded as failed.")
+    unit_timeout_s: float = Field(default=1800, gt=0, description="A unit unfinished this long after its replica's engine started working on it marks the replica hung: it is killed and replaced, its units requeued. Set it above your slowest unit's time.")
+    start_timeout_s: float = Field(default=1800, gt=0, description="A replica whose engine has not started after this long is killed and replaced (engine start is not counted in unit_timeout_s).")
+    max_attempts: int = Field(default=3, ge=1, description="Failures blamed on a prompt (its unit failed while running alone, or raised) before it is recorded as failed; a unit of several prompts is split instead (see split_into).")
+    split_into: int = Field(default=2, ge=2, description="A unit that failed alone re-runs as this many sub-units (recursively: bisection) so one poison prompt cannot fail its neighbours; larger isolates it in fewer replica restarts, smaller in fewer alone-runs.")
 
     @model_validator(mode="after")
     def _bounds(self) -> "ReplicasConfig":
@@ -148,6 +150,33 @@ class OutputConfig(StrictModel):
     storage: StorageConfig = Field(default_factory=StorageConfig, description="Object-store settings.")
 
 
+class FaultRule(StrictModel):
+    """One injected failure: what happens to a request (or shard) whose prompt contains `marker`."""
+
+    action: Literal["engine_dead", "engine_failure", "hang", "exit", "exit_before_commit"] = Field(description="`engine_dead`: kill the engine's own processes so the engine reports itself dead (vLLM: EngineDeadError); `engine_failure`: raise EngineFailure; `hang`: the request never returns; `exit`: the replica process exits at once (os._exit); `exit_before_commit`: the replica writes the shard's data object, then exits before committing it.")
+    marker: str = Field(min_length=1, description="Fires for prompts whose text (any message) contains this string.")
+    times: int | None = Field(default=None, ge=1, description="Fire only on the first `times` matching requests of the run, counted across replicas in `faults.state_dir`; None fires every time.")
+
+
+class FaultsConfig(StrictModel):
+    """Test hook, default off: configured fault injection for the chaos tests (tests/integration/test_chaos_*.py).
+
+    Never set in production runs. It is not part of the config fingerprint, so a
+    faulted run and its clean re-run share a run id and output root.
+    """
+
+    rules: list[FaultRule] = Field(default_factory=list, description="Injected failures; each prompt request is checked against every rule in order.")
+    state_dir: str | None = Field(default=None, description="Local folder, shared by the replicas (one machine), that counts firings of rules with `times`.")
+
+    @model_validator(mode="after")
+    def _times_need_state(self) -> "FaultsConfig":
+        counted = [i for i, r in enumerate(self.rules) if r.times is not None]
+        if counted and not self.state_dir:
+            raise ValueError(f"rules {counted} set `times` but `state_dir` is empty; set faults.state_dir to a local "
+                             "folder the replicas share, or drop `times` to fire every time")
+        return self
+
+
 class GenerationConfig(StrictModel):
     """The whole generation job: prompts -> teacher replicas -> verified traces -> committed shards."""
 
@@ -158,6 +187,7 @@ class GenerationConfig(StrictModel):
     sampling: SamplingConfig = Field(default_factory=SamplingConfig, description="Sampling parameters.")
     verify: VerifyConfig = Field(default_factory=VerifyConfig, description="Verification and rejection sampling.")
     output: OutputConfig = Field(default_factory=OutputConfig, description="Shard output.")
+    faults: FaultsConfig | None = Field(default=None, description="Test hook (default off): injected replica and engine failures for the chaos tests; see docs/RELIABILITY.md. Not part of the fingerprint.")
 
     def fingerprint(self) -> str:
         """Hash of everything that determines the traces (not where they go, not the pool size)."""

@@ -1,0 +1,79 @@
+"""The teacher replicas a controller owns: creation with the resource plan, per-replica state, deadlines.
+
+    factory = ReplicaFactory(cfg, out_uri)
+    rep = factory.create()                                      # actor named potstill-<run_id>-<token>-replica-<n>
+    reason = missed_deadline(rep, time.monotonic(), cfg.replicas)   # None, or why it counts as hung
+
+Only `ReplicaFactory` talks to Ray (imported when it is used); the rest is
+bookkeeping the controller's loop updates and pure checks on it.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from potstill.schemas.generation import GenerationConfig, ReplicasConfig
+
+
+@dataclass
+class Replica:
+    """One replica actor as the controller tracks it."""
+
+    name: str
+    handle: Any
+    inflight: dict = field(default_factory=dict)  # ObjectRef -> monotonic time it was dispatched
+    exclusive: bool = False  # running a unit that must be alone
+    created_at: float = field(default_factory=time.monotonic)
+    ready_at: float | None = None  # when its engine finished starting (unit deadlines count from here)
+    hung_reason: str | None = None  # set when the controller killed it for a missed deadline
+    requests_seen: int = 0  # engine requests already added to the run's count
+
+
+def missed_deadline(rep: Replica, now: float, rcfg: ReplicasConfig) -> str | None:
+    """Why `rep` counts as hung at `now` (engine start too slow, or a unit unfinished too long), or None."""
+    if rep.ready_at is None:
+        if now - rep.created_at > rcfg.start_timeout_s:
+            return f"engine did not start within {rcfg.start_timeout_s:g} s (replicas.start_timeout_s)"
+        return None
+    oldest = min((max(t, rep.ready_at) for t in rep.inflight.values()), default=None)
+    if oldest is not None and now - oldest > rcfg.unit_timeout_s:
+        return f"hung: a unit made no progress for {now - oldest:.0f} s (replicas.unit_timeout_s={rcfg.unit_timeout_s:g})"
+    return None
+
+
+class ReplicaFactory:
+    """Creates replica actors with the resource plan; a seam for tests that hand the controller their own."""
+
+    def __init__(self, cfg: GenerationConfig, out_uri: str):
+        import ray
+
+        from potstill.actors.teacher_replica import TeacherReplica
+        from potstill.cluster.resources import engine_kwargs_for, replica_plan
+
+        self.cfg, self.out_uri = cfg, out_uri
+        gpus = ray.cluster_resources().get("GPU", 0)
+        self.plan = replica_plan(cfg.teacher, cfg.replicas, gpus)
+        self.engine_kwargs = engine_kwargs_for(cfg.teacher, self.plan)
+        self.actor_cls = ray.remote(TeacherReplica)
+        self.config_json = cfg.model_dump_json()
+        self.count = 0
+        # Named so operators (and the chaos tests) can find a run's replicas; the token keeps a re-run's
+        # names clear of a previous controller's replicas that are still being torn down.
+        self.name_prefix = f"potstill-{cfg.resolved_run_id()}-{uuid.uuid4().hex[:6]}-"
+
+    def create(self) -> Replica:
+        import ray
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        self.count += 1
+        name = f"replica-{self.count}"
+        options = dict(self.plan.actor_options, name=self.name_prefix + name)
+        if self.plan.uses_placement_group:
+            pg = ray.util.placement_group(self.plan.bundles, strategy=self.plan.strategy)
+            options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
+                placement_group=pg, placement_group_capture_child_tasks=True)
+        handle = self.actor_cls.options(**options).remote(self.config_json, self.out_uri, name, self.engine_kwargs)
+        return Replica(name, handle)

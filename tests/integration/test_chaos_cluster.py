@@ -1,0 +1,90 @@
+"""Chaos on a two-node Ray cluster: the node running the teacher replica is removed mid-run.
+
+    .venv/bin/pytest tests/integration/test_chaos_cluster.py -q
+
+`ray.cluster_utils.Cluster` starts a head (no CPUs: it hosts nothing) and two
+one-CPU worker nodes on this machine; the replica lands on one of them.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # chaos_support: shared helpers (importlib mode)
+
+from chaos_support import (  # noqa: E402
+    SHARDS, assert_same_output, chaos_config, clean_baseline, commit_count, finished, new_bucket, replica_handles,
+    wait_for,
+)
+
+from potstill.pipelines.controller import GenerationController  # noqa: E402
+from potstill.schemas import StorageConfig  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from potstill.cluster.connect import forwarded_env
+
+    ray.shutdown()
+    # Quick health checks: a removed node is declared dead in ~3 s instead of ~30 s.
+    system = {"health_check_period_ms": 1000, "health_check_failure_threshold": 3}
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "_system_config": system})
+    workers = [c.add_node(num_cpus=1) for _ in range(2)]
+    ray.init(address=c.address, runtime_env={"env_vars": forwarded_env()}, logging_level="WARNING")
+    c.wait_for_nodes()
+    yield c, workers
+    ray.shutdown()
+    c.shutdown()
+
+
+@pytest.fixture
+def clean(s3_server, cluster):
+    return clean_baseline(s3_server)
+
+
+def test_node_removed_mid_run_work_continues_on_the_remaining_node(s3_server, cluster, clean):
+    import ray
+
+    c, workers = cluster
+    storage = StorageConfig(endpoint_url=s3_server)
+    uri = new_bucket(s3_server) + "/node"
+    controller = GenerationController(chaos_config(uri, "chaos-node", storage), uri)  # in the driver, on the head
+    outcome: dict = {}
+
+    def drive() -> None:
+        try:
+            outcome["summary"] = controller.run()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the test thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=drive, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: commit_count(uri, storage) >= 1, 240, "the first shard commit")
+        ((first_name, replica),) = wait_for(lambda: replica_handles("chaos-node").items(), 10, "the replica actor")
+        first_node = ray.get(replica.start.remote(), timeout=30)["node_id"]
+        (victim,) = [w for w in workers if w.node_id == first_node]
+        (survivor,) = [w for w in workers if w is not victim]
+        assert commit_count(uri, storage) < SHARDS, "the run finished before the node was removed"
+        c.remove_node(victim, allow_graceful=False)
+
+        def replacement():
+            return [h for name, h in replica_handles("chaos-node").items() if name != first_name]
+
+        (new_replica,) = wait_for(replacement, 120, "a replacement replica")
+        assert ray.get(new_replica.start.remote(), timeout=120)["node_id"] == survivor.node_id
+    finally:
+        thread.join(300)
+    assert "error" not in outcome, outcome.get("error")
+    summary = outcome["summary"]
+    assert summary["replaced_for"] == {"actor_died": 1} and summary["units_retried"] >= 1
+    assert_same_output(finished(uri, storage, summary), clean)

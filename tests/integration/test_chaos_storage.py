@@ -1,0 +1,159 @@
+"""Chaos: the object store misbehaves (503s, dropped connections, corruption, racing commits, missing markers).
+
+    .venv/bin/pytest tests/integration/test_chaos_storage.py -q
+
+Real vLLM CPU engines in local Ray actors; moto S3, reached directly or
+through `FaultProxy` (fault_proxy.py), a fault-injecting HTTP proxy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # chaos_support, fault_proxy: shared helpers (importlib mode)
+
+from chaos_support import (  # noqa: E402
+    PER_SHARD, SHARDS, assert_same_output, chaos_config, finished, new_bucket,
+)
+from chaos_support import clean, ray_local  # noqa: E402,F401 - fixtures
+from fault_proxy import FaultProxy  # noqa: E402
+
+from potstill.pipelines.commit import (  # noqa: E402
+    MANIFEST, SUCCESS, RunNotFinishedError, read_commits, read_manifest,
+)
+from potstill.pipelines.controller import GenerationController  # noqa: E402
+from potstill.pipelines.replica_pool import ReplicaFactory  # noqa: E402
+from potstill.pipelines.generate_job import run_generation  # noqa: E402
+from potstill.pipelines.ingest import IngestReport, iter_prompts  # noqa: E402
+from potstill.pipelines.plan import iter_units  # noqa: E402
+from potstill.pipelines.storage import Storage  # noqa: E402
+from potstill.schemas import StorageConfig  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class _ReuseFirst:
+    """A replica factory whose first replica is one already started."""
+
+    def __init__(self, factory: ReplicaFactory, first):
+        self.factory, self.first = factory, first
+
+    def create(self):
+        if self.first is not None:
+            rep, self.first = self.first, None
+            return rep
+        return self.factory.create()
+
+
+def test_two_attempts_racing_to_commit_one_shard_commit_exactly_once(s3_server, ray_local, clean):
+    import ray
+
+    storage = StorageConfig(endpoint_url=s3_server)
+    uri = new_bucket(s3_server) + "/race"
+    cfg = chaos_config(uri, "chaos-race", storage)
+    factory = ReplicaFactory(cfg, uri)
+    replica = factory.create()
+    ray.get(replica.handle.start.remote())
+    unit = next(iter_units(iter_prompts(cfg.prompts, storage, IngestReport()), "chaos-race", PER_SHARD))
+    # Two attempts of one shard generate, write and commit at the same time (as after a false hang verdict).
+    first, second = ray.get([replica.handle.process.remote(unit), replica.handle.process.remote(unit)])
+    assert first == second, "both attempts must report the one commit in force"
+    store = Storage(uri, storage)
+    assert store.list("commits") == [f"commits/{unit.shard_id}.json"]
+    assert store.list(f"data/{unit.shard_id}") == [first.data_path]  # the loser deleted its own object
+    summary = GenerationController(cfg, uri).run(factory=_ReuseFirst(factory, replica))
+    assert summary["shards_skipped"] == 1 and summary["shards"] == SHARDS
+    run = finished(uri, storage, summary)
+    assert run.manifest.shards[0].data_path == first.data_path
+    assert_same_output(run, clean)
+
+
+@pytest.fixture(scope="module")
+def flaky_run(s3_server, ray_local):
+    """A run whose every S3 request goes through FaultProxy: 30% answered 503, 3% dropped, one object corrupted."""
+    uri = new_bucket(s3_server) + "/flaky"
+    picked: list[str] = []
+
+    def first_data_object(key: str) -> bool:
+        if "/data/" in key and not picked:
+            picked.append(key)
+            return True
+        return False
+
+    with FaultProxy(s3_server, fail_rate=0.3, drop_rate=0.03, seed=6, corrupt_puts=first_data_object) as proxy:
+        summary = run_generation(chaos_config(uri, "chaos-flaky", StorageConfig(endpoint_url=proxy.url, max_retries=10)))
+    return finished(uri, StorageConfig(endpoint_url=s3_server), summary), proxy
+
+
+def test_30_percent_s3_503s_and_dropped_connections_leave_the_output_identical(flaky_run, clean):
+    run, proxy = flaky_run
+    assert proxy.requests > 50 and proxy.failed >= 0.2 * proxy.requests and proxy.dropped > 0
+    # The storage layer's retries absorbed every 503 and drop: no replica was lost, and the one unit that
+    # re-ran is the one whose object was corrupted (next test).
+    assert run.summary["replicas_replaced"] == 0 and run.summary["units_retried"] == 1
+    assert_same_output(run, clean)
+
+
+def test_a_data_object_corrupted_after_writing_is_never_committed(flaky_run, clean):
+    run, proxy = flaky_run
+    (bad,) = proxy.corrupted
+    bad_rel = bad.split("/flaky/", 1)[1]
+    store = Storage(run.uri, run.storage)
+    commits = read_commits(store)
+    assert bad_rel not in {c.data_path for c in commits.values()}
+    assert not store.exists(bad_rel), "the verifier deletes the object it rejected"
+    for c in commits.values():  # what is committed is exactly what was verified
+        assert hashlib.sha256(store.read_bytes(c.data_path)).hexdigest() == c.sha256
+    assert_same_output(run, clean)
+
+
+def _copy_run(endpoint: str, src_uri: str, dst_uri: str) -> None:
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    src_bucket, src_prefix = src_uri[5:].split("/", 1)
+    dst_bucket, dst_prefix = dst_uri[5:].split("/", 1)
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=src_bucket, Prefix=src_prefix + "/"):
+        for obj in page.get("Contents", []):
+            rel = obj["Key"][len(src_prefix) + 1:]
+            s3.copy_object(Bucket=dst_bucket, Key=f"{dst_prefix}/{rel}",
+                           CopySource={"Bucket": src_bucket, "Key": obj["Key"]})
+
+
+def test_finalize_rerun_is_idempotent_and_an_unfinished_run_is_refused(s3_server, ray_local, clean, tmp_path):
+    storage = clean.storage
+    uri = new_bucket(s3_server) + "/traces"
+    _copy_run(s3_server, clean.uri, uri)
+    store = Storage(uri, storage)
+    before = {name: store.read_bytes(name) for name in (MANIFEST, SUCCESS)}
+    summary = run_generation(chaos_config(uri, "chaos-clean", storage))  # the same run again: finalize re-runs
+    assert summary["shards_skipped"] == SHARDS and summary["engine_requests"] == 0
+    assert {name: store.read_bytes(name) for name in (MANIFEST, SUCCESS)} == before, "finalize changed bytes"
+
+    store.delete(SUCCESS)
+    train_cfg = yaml.safe_load((REPO / "examples" / "distill_arithmetic.yaml").read_text())
+    train_cfg["data"].update(runs=[uri], storage=storage.model_dump())
+    train_cfg["checkpoint"]["storage_path"] = str(tmp_path / "checkpoints")
+    (tmp_path / "train.yaml").write_text(json.dumps(train_cfg))
+    out = subprocess.run([sys.executable, "-m", "potstill.cli", "train", str(tmp_path / "train.yaml"), "--json"],
+                         capture_output=True, text=True, cwd=REPO, timeout=300,
+                         env={**os.environ, "COLUMNS": "400", "RAY_ADDRESS": ""})
+    assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    message = " ".join(out.stderr.split())
+    assert f"{uri} is not a finished generation run: _SUCCESS missing" in message
+    assert "re-run `potstill generate` with the same config and run id" in message
+    with pytest.raises(RunNotFinishedError, match=r"is not a finished run: _SUCCESS missing\. Re-run the generation"):
+        read_manifest(uri, storage)
+    store.delete(MANIFEST)
+    with pytest.raises(RunNotFinishedError, match="manifest.json and _SUCCESS missing"):
+        read_manifest(uri, storage)
