@@ -60,8 +60,14 @@ def arrow_filesystem(uri: str, storage: "StorageConfig") -> Any:
     return S3FileSystem(endpoint_override=storage.endpoint_url, region=storage.region, anonymous=storage.anonymous)
 
 
-def _strip_scheme(uri: str) -> str:
+def strip_scheme(uri: str) -> str:
+    """`bucket/key` for `s3://bucket/key` (what pyarrow filesystems take); local paths unchanged."""
     return uri.split("://", 1)[1] if "://" in uri else uri
+
+
+def read_columns(use_teacher_ids: bool, topk_width: int) -> list[str]:
+    """The trace columns training reads (top-k only for KD, teacher ids only when the tokenizer is shared)."""
+    return BASE_COLUMNS + (["completion_token_ids"] if use_teacher_ids else []) + (["topk_ids", "topk_logprobs"] if topk_width else [])
 
 
 def _run_of(path: str) -> str:
@@ -79,7 +85,7 @@ def trace_sources(data_files: list[str], storage: "StorageConfig") -> list[Trace
     sources = []
     for run, path in first_file.items():
         fs = arrow_filesystem(path, storage)
-        with pq.ParquetFile(_strip_scheme(path) if fs else path, filesystem=fs) as pf:
+        with pq.ParquetFile(strip_scheme(path) if fs else path, filesystem=fs) as pf:
             if pf.metadata.num_rows == 0:
                 continue
             head = pf.read_row_group(0, columns=["teacher_model", "sampling"]).slice(0, 1).to_pylist()
@@ -135,9 +141,9 @@ def build_dataset(
     """The packed Ray dataset (lazy) over exactly `data_files`."""
     import ray.data
 
-    columns = BASE_COLUMNS + (["completion_token_ids"] if use_teacher_ids else []) + (["topk_ids", "topk_logprobs"] if topk_width else [])
+    columns = read_columns(use_teacher_ids, topk_width)
     fs = arrow_filesystem(data_files[0], cfg.data.storage)
-    paths = [_strip_scheme(f) for f in data_files] if fs else list(data_files)
+    paths = [strip_scheme(f) for f in data_files] if fs else list(data_files)
     ds = ray.data.read_parquet(paths, columns=columns, filesystem=fs)
     return ds.map_batches(
         pack_traces, batch_size=PACK_GROUP, batch_format="pyarrow",

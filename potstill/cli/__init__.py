@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import typer
 
-from potstill.cli import gc, generate, inspect, teacher
+from potstill.cli import demo, eval, gc, generate, inspect, teacher, train
 
 app = typer.Typer(
     name="potstill",
@@ -22,6 +22,9 @@ app = typer.Typer(
 app.command("generate")(generate.generate)
 app.command("inspect")(inspect.inspect)
 app.command("gc")(gc.gc)
+app.command("train")(train.train)
+app.command("eval")(eval.eval_model)
+app.command("demo")(demo.demo)
 app.add_typer(teacher.app, name="teacher")
 
 

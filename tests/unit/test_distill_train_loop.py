@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 from potstill.pipelines.distill.packing import pack  # noqa: E402
 from potstill.pipelines.distill.schedule import build_scheduler  # noqa: E402
 from potstill.pipelines.distill.tokenize import IGNORE_INDEX, TokenizedTrace  # noqa: E402
-from potstill.pipelines.distill.train_loop import LoopPlan, LoopState, run_loop, to_device, train_step  # noqa: E402
+from potstill.pipelines.distill.train_loop import LoopPlan, LoopState, run_loop, skip_consumed, to_device, train_step  # noqa: E402
 from potstill.schemas.training import LossConfig, OptimConfig  # noqa: E402
 
 
@@ -61,13 +61,18 @@ def _run(state: LoopState, plan: LoopPlan, model=None):
     sched = build_scheduler(opt, OptimConfig(warmup_steps=1), plan.total_steps)
     seen, reports = [], []
 
-    def epoch_batches(epoch: int):
+    def batches(epoch: int):
         for i in range(5):
             seen.append((epoch, i))
             yield _rows(10 * epoch + i, 2)
 
+    def epoch_batches(epoch: int, skip: int):
+        return skip_consumed(batches(epoch), skip)
+
     def report(st: LoopState, metrics: dict, final: bool) -> None:
         reports.append((st.step, st.epoch, st.micro_in_epoch, final, "loss" in metrics))
+        if "loss" in metrics:  # packed rows of 16 positions: the efficiency is document tokens / positions
+            assert 0 < metrics["packing_efficiency"] <= 1 and metrics["step_s_median"] > 0
 
     run_loop(model, opt, sched, epoch_batches, plan, state, LossConfig(), 1.0, torch.device("cpu"), report)
     return reports, seen

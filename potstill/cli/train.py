@@ -1,0 +1,93 @@
+"""`potstill train CONFIG.yaml`: distill a student from committed traces with Ray Train (live progress bar)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from potstill.cli.common import console, fail, print_json
+
+
+def summary_lines(s: dict[str, Any]) -> list[str]:
+    """The human summary of a `run_training` result."""
+    m = s.get("metrics") or {}
+    eff = s.get("packing_efficiency")
+    resumed = [a for a in s.get("attempts", []) if a.get("resumed")]
+    restarts = f" · resumed {len(resumed)}x (at steps {', '.join(str(a['start_step']) for a in resumed)})" if resumed else ""
+    return [
+        f"trained {s['name']}: {s['steps']} steps ({s['strategy']}, {s['workers']} workers, "
+        f"{'GPU' if s['use_gpu'] else 'CPU'}) in {s['elapsed_s']:.0f} s{restarts}",
+        f"traces {s['traces'] if s['traces'] is not None else 'streamed'} · packed rows {s['packed_rows'] or 'streamed'} · "
+        f"packing efficiency {eff:.1%}" if eff is not None else "packing efficiency n/a",
+        f"final loss {m.get('loss', float('nan')):.4f} (sft {m.get('sft_loss', float('nan')):.4f}, "
+        f"kd {m.get('kd_loss', float('nan')):.4f}) · KD {'on, top-' + str(s['topk_width']) if s['topk_width'] else 'off'}",
+        f"student: {s['student']}",
+    ]
+
+
+class TrainBar:
+    """A rich progress bar fed by `run_training`'s progress snapshots."""
+
+    def __init__(self, disable: bool):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
+            TextColumn("· loss {task.fields[loss]} · {task.fields[tps]} tok/s · epoch {task.fields[epoch]}"),
+            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+            console=console, disable=disable,
+        )
+        self.task = self.progress.add_task("starting", total=None, loss="-", tps="-", epoch="-")
+
+    def __enter__(self) -> "TrainBar":
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.progress.__exit__(*exc)
+
+    def __call__(self, p: dict[str, Any]) -> None:
+        loss = p.get("loss")
+        tps = p.get("tokens_per_s")
+        self.progress.update(
+            self.task, description=p.get("phase", ""), total=p.get("total_steps"), completed=p.get("step", 0),
+            loss=f"{loss:.4f}" if isinstance(loss, (int, float)) else "-",
+            tps=f"{tps:,.0f}" if isinstance(tps, (int, float)) else "-", epoch=p.get("epoch", "-"),
+        )
+
+
+def train(
+    config: Path = typer.Argument(..., help="Training config YAML (see examples/distill_arithmetic.yaml)."),
+    run: Optional[list[str]] = typer.Option(None, "--run", help="Generation run root to train on (repeatable); overrides data.runs."),
+    name: Optional[str] = typer.Option(None, "--name", help="Job name; re-using one resumes from its latest checkpoint."),
+    storage_path: Optional[str] = typer.Option(None, "--storage-path", help="Checkpoint root (folder or s3://); overrides checkpoint.storage_path."),
+    follow: bool = typer.Option(False, "--follow", help="Train on a live run as its shards commit (data.follow)."),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
+) -> None:
+    """Distill a student from committed traces with Ray Train; re-running the same name resumes."""
+    from potstill.pipelines.distill.train_job import run_training
+    from potstill.schemas import ConfigError, load_config
+    from potstill.schemas.training import TrainingConfig
+
+    overrides = {"data.runs": run or None, "name": name, "checkpoint.storage_path": storage_path,
+                 "data.follow": True if follow else None}
+    try:
+        cfg = load_config(config, TrainingConfig, overrides)
+    except ConfigError as exc:
+        fail(str(exc))
+    with TrainBar(disable=json_out) as bar:
+        try:
+            summary = run_training(cfg, address=address, on_progress=bar)
+        except ValueError as exc:  # configuration and data problems: one clear line each
+            fail(str(exc))
+        except Exception as exc:  # noqa: BLE001 - Ray Train wraps worker errors; show the cause, keep checkpoints
+            cause = getattr(exc, "cause", None) or exc
+            fail(f"{type(cause).__name__}: {cause}\nCheckpoints are kept; re-run the same command to resume.", 1)
+    if json_out:
+        print_json(summary)
+        return
+    for line in summary_lines(summary):
+        console.print(line, highlight=False)

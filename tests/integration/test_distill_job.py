@@ -1,0 +1,227 @@
+"""The distillation job end to end on CPU, over one shared generation run (real vLLM teacher, real shards).
+
+    .venv/bin/pytest tests/integration/test_distill_job.py -q
+
+- shards from `run_generation` -> Ray Train, 2 gloo workers -> a student with fewer parameters than the
+  teacher and at least 0.9x its accuracy on fresh problems (both scored in vLLM);
+- a worker fails at step k (the POTSTILL_FAULT_TRAIN_STEP hook) -> the group restarts from the last
+  checkpoint, the step counter continues, the final checkpoint exists;
+- the driver of `potstill train` is SIGKILLed -> re-running the same name resumes, no finished epoch redone;
+- data.follow trains on a live run (shards committed after the job started) and ends at `_SUCCESS`;
+- FSDP with traces and checkpoints on S3 (moto) resumes from its S3 checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from potstill.cli.common import last_json_line
+from potstill.pipelines.commit import commit_shard, committed_data_files, finalize_run, read_commits
+from potstill.pipelines.distill.dataset import arrow_filesystem, strip_scheme
+from potstill.pipelines.distill.faults import FAULT_ENV
+from potstill.pipelines.shard_writer import write_shard
+from potstill.pipelines.storage import Storage
+from potstill.schemas import load_config
+from potstill.schemas.generation import StorageConfig
+from potstill.schemas.training import TrainingConfig
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+TRAIN_EXAMPLE = REPO / "examples" / "distill_arithmetic.yaml"
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    import ray
+
+    from potstill.pipelines.distill.train_job import connect_ray
+
+    connect_ray(None, num_cpus=4)  # 2 train workers plus Ray Data and the generation controller
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def traces(ray_cluster, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One generation run shared by every test here: 2000 fresh problems x 1 sample, 8 shards, top-4 logprobs."""
+    from potstill.pipelines.generate_job import run_generation
+    from potstill.schemas import GenerationConfig
+
+    out = tmp_path_factory.mktemp("gen") / "traces"
+    cfg = load_config(REPO / "examples" / "arithmetic.yaml", GenerationConfig, {
+        "output.uri": str(out), "prompts.arithmetic.count": 2000, "sampling.n": 1, "output.prompts_per_shard": 250})
+    summary = run_generation(cfg)
+    assert summary["totals"]["traces"] == 2000 and (out / "_SUCCESS").exists()
+    return {"uri": str(out), "files": committed_data_files(str(out)), "summary": summary}
+
+
+def copy_shards(files: list[str], dest: str, storage: StorageConfig | None = None, finalize: bool = True,
+                pause_s: float = 0.0) -> list[str]:
+    """Commit the given shards into a new run root with the real commit protocol (write, verify, commit)."""
+    store = Storage(dest, storage)
+    shard_ids = []
+    for path in files:
+        table = pq.read_table(path)
+        shard_id = Path(path).parent.name
+        run_id = table.column("run_id")[0].as_py()
+        written = write_shard(store, run_id, shard_id, table)
+        prompt_ids = sorted(set(table.column("prompt_id").to_pylist()))
+        commit_shard(store, written, run_id, shard_id, prompt_ids, [], read_commits(Storage(path.rsplit("/data/", 1)[0]))[shard_id].stats)
+        shard_ids.append(shard_id)
+        time.sleep(pause_s)
+    if finalize:
+        src = json.loads(Path(files[0].rsplit("/data/", 1)[0], "manifest.json").read_text())
+        finalize_run(store, run_id, src["config_fingerprint"], src["teacher_model"], src["teacher_revision"], shard_ids)
+    return shard_ids
+
+
+def small_config(name: str, runs: list[str], storage_path: str, **sections) -> TrainingConfig:
+    """A small student and budget for the fault-tolerance tests."""
+    base = {
+        "name": name, "data": {"runs": runs},
+        "student": {"hidden_size": 128, "num_layers": 1, "num_heads": 2, "intermediate_size": 256},
+        "packing": {"max_tokens": 544}, "loss": {"sft_weight": 1.0, "kd_weight": 0.5},
+        "optim": {"lr": 3e-3, "warmup_steps": 2}, "run": {"epochs": 1, "micro_batch_size": 3},
+        "scaling": {"num_workers": 2, "use_gpu": False},
+        "checkpoint": {"storage_path": storage_path, "every_steps": 5, "keep": 3, "max_failures": 2},
+    }
+    for key, value in sections.items():
+        base[key] = base.get(key, {}) | value if isinstance(value, dict) else value
+    return TrainingConfig.model_validate(base)
+
+
+def test_student_from_generated_shards_reaches_the_teachers_accuracy(traces: dict, tmp_path: Path) -> None:
+    from potstill.pipelines.demo import trained_questions
+    from potstill.pipelines.distill.train_job import run_training
+    from potstill.pipelines.eval_model import count_parameters, evaluate, load_eval_prompts
+
+    cfg = load_config(TRAIN_EXAMPLE, TrainingConfig, {"data.runs": [traces["uri"]], "checkpoint.storage_path": str(tmp_path)})
+    summary = run_training(cfg)
+    assert summary["workers"] == 2 and not summary["use_gpu"] and summary["topk_width"] == 4
+    assert summary["traces"] == 2000 and summary["packing_efficiency"] >= 0.95
+    history = sorted((json.loads(p.read_text()) for p in (tmp_path / cfg.name).glob("checkpoint_*/metrics.json")),
+                     key=lambda m: m["step"])
+    assert history[-1]["step"] == summary["steps"] and history[-1]["loss"] < 0.05
+
+    problems = load_eval_prompts("arithmetic:200", exclude=trained_questions(traces["files"]))
+    teacher = evaluate("potstill:arithmetic-teacher", problems)
+    student = evaluate(summary["student"], problems)
+    print(f"teacher {teacher['accuracy']:.3f} student {student['accuracy']:.3f}")
+    assert count_parameters(summary["student"]) < count_parameters("potstill:arithmetic-teacher")
+    assert student["accuracy"] >= 0.9 * teacher["accuracy"] and teacher["accuracy"] >= 0.95
+
+
+def test_worker_failure_restarts_from_the_last_checkpoint(traces: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from potstill.pipelines.distill.train_job import run_training
+
+    run = str(tmp_path / "run")
+    copy_shards(traces["files"][:1], run)  # 250 traces -> 50 packed rows -> 9 steps
+    monkeypatch.setenv(FAULT_ENV, "7:1")  # rank 1 raises right after step 7; the last checkpoint is step 5
+    summary = run_training(small_config("fault", [run], str(tmp_path / "ckpt")))
+    assert summary["planned_steps"] == 9 and summary["steps"] == 9
+    assert [(a["start_step"], a["resumed"]) for a in summary["attempts"]] == [(0, False), (5, True)]
+    assert (tmp_path / "ckpt" / "fault" / "faults" / "step-7").exists()
+    final = Path(summary["checkpoint"])
+    assert json.loads((final / "metrics.json").read_text())["step"] == 9 and (final / "hf" / "config.json").exists()
+    assert (tmp_path / "ckpt" / "fault" / "student" / "model.safetensors").exists()
+
+
+def _latest_registered(snapshot: Path) -> dict | None:
+    """The metrics of the newest checkpoint Ray Train's controller has registered (what a re-run resumes from)."""
+    try:
+        results = json.loads(snapshot.read_text())["checkpoint_results"]
+    except (FileNotFoundError, json.JSONDecodeError, KeyError):
+        return None
+    return max((r["metrics"] for r in results), key=lambda m: m["step"], default=None)
+
+
+def test_killed_driver_resumes_without_redoing_a_finished_epoch(traces: dict, tmp_path: Path) -> None:
+    run = str(tmp_path / "run")
+    copy_shards(traces["files"][:1], run)  # 250 traces -> 50 rows -> 13 steps an epoch at 2 rows per worker
+    cfg = small_config("killed", [run], str(tmp_path / "ckpt"), run={"epochs": 3, "micro_batch_size": 2},
+                       checkpoint={"every_steps": 5})
+    config = tmp_path / "train.yaml"
+    config.write_text(json.dumps(cfg.model_dump(mode="json")))  # JSON is YAML
+    cli = [sys.executable, "-m", "potstill.cli", "train", str(config), "--json"]
+    env = dict(os.environ, RAY_ADDRESS="")  # its own local Ray: the kill takes the whole job down
+    snapshot = tmp_path / "ckpt" / "killed" / "checkpoint_manager_snapshot.json"
+    proc = subprocess.Popen(cli, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            latest = _latest_registered(snapshot)
+            if latest and latest["epoch"] >= 1:
+                break
+            time.sleep(0.5)
+        assert proc.poll() is None, "the job ended before it could be killed"
+        killed_at = _latest_registered(snapshot)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert killed_at["step"] < 39
+    out = subprocess.run(cli, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = last_json_line(out.stdout)
+    first = summary["attempts"][0]
+    assert first["resumed"] and first["start_step"] >= killed_at["step"] and first["start_epoch"] >= 1
+    assert summary["steps"] == 39 and summary["metrics"]["epoch"] == 2
+
+
+def test_follow_trains_on_a_live_run_and_ends_at_success(traces: dict, tmp_path: Path) -> None:
+    from potstill.pipelines.distill.checkpointing import load_checkpoint
+    from potstill.pipelines.distill.train_job import run_training
+
+    live = tmp_path / "live"
+    files = traces["files"][:4]
+    committed_at: list[float] = []
+    started = time.time()
+
+    def generation() -> None:  # the run goes on while training reads it: a shard every few seconds, then _SUCCESS
+        time.sleep(2)
+        copy_shards(files, str(live), pause_s=4)
+        committed_at.append(time.time())
+
+    writer = threading.Thread(target=generation, daemon=True)
+    writer.start()
+    cfg = small_config("follow", [str(live)], str(tmp_path / "ckpt"), data={"follow": True, "follow_poll_s": 0.5},
+                       optim={"schedule": "constant"})
+    summary = run_training(cfg)
+    writer.join()
+    assert summary["follow"] and committed_at
+    # Training started before the run finished, read every shard exactly once, and ended after _SUCCESS.
+    assert started < summary["attempts"][0]["at"] < (live / "_SUCCESS").stat().st_mtime
+    done = load_checkpoint(summary["checkpoint"])["loop"]["data"]["done"]
+    assert sorted(Path(f).parent.name for f in done) == sorted(Path(f).parent.name for f in files)
+    # 4 shards x 50 packed rows over 2 workers at 3 rows a step: 34 steps when rounds split evenly, at most
+    # 68 when every round holds one shard (the other worker pads).
+    assert 34 <= summary["steps"] <= 68
+
+
+def test_fsdp_with_traces_and_checkpoints_on_s3_resumes(traces: dict, s3_bucket) -> None:
+    from potstill.pipelines.distill.train_job import run_training
+
+    root, storage = s3_bucket
+    run = f"{root}/traces"
+    copy_shards(traces["files"][:1], run, storage)
+    sections = {"data": {"storage": storage.model_dump()}, "strategy": {"kind": "fsdp"},
+                "checkpoint": {"every_steps": 3}}
+    first = run_training(small_config("s3-fsdp", [run], f"{root}/ckpt", run={"max_steps": 6}, **sections))
+    assert first["student"].startswith("s3://") and first["steps"] == 6 and first["strategy"] == "fsdp"
+    second = run_training(small_config("s3-fsdp", [run], f"{root}/ckpt", run={"max_steps": 9}, **sections))
+    assert [(a["start_step"], a["resumed"]) for a in second["attempts"]] == [(6, True)]
+    assert second["steps"] == 9
+    fs = arrow_filesystem(second["student"], storage)
+    assert fs.get_file_info(strip_scheme(second["student"]) + "/model.safetensors").size > 0
