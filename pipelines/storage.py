@@ -354,13 +354,8 @@ class Storage:
             self.fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data)
             return
         final = self.path(rel)
-        os.makedirs(os.path.dirname(final), exist_ok=True)
-        tmp = f"{final}.{uuid.uuid4().hex}{_TEMP_SUFFIX}"
+        tmp = _durable_temp_copy(final, data)
         try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
             os.replace(tmp, final)
         finally:
             _remove_quietly(tmp)
@@ -409,13 +404,8 @@ class Storage:
 
     def _local_create(self, rel: str, data: bytes) -> bool:
         final = self.path(rel)
-        os.makedirs(os.path.dirname(final), exist_ok=True)
-        tmp = f"{final}.{uuid.uuid4().hex}{_TEMP_SUFFIX}"
+        tmp = _durable_temp_copy(final, data)
         try:
-            with open(tmp, "xb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
             try:
                 os.link(tmp, final)  # atomic and exclusive: the full file appears, or FileExistsError
             except FileExistsError:
@@ -545,6 +535,21 @@ class Storage:
 
 def _rebuild_storage(uri: str, config: StorageConfig, policy: RetryPolicy, part_size: int) -> Storage:
     return Storage(uri, config, policy=policy, part_size=part_size)
+
+
+def _durable_temp_copy(final: str, data: bytes) -> str:
+    """`data` written and fsynced to a fresh temp file beside `final` (its folder created); returns its path."""
+    os.makedirs(os.path.dirname(final), exist_ok=True)
+    tmp = f"{final}.{uuid.uuid4().hex}{_TEMP_SUFFIX}"
+    try:
+        with open(tmp, "xb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
+    return tmp
 
 
 def _remove_quietly(path: str) -> None:
