@@ -68,6 +68,10 @@ class TeacherReplica:
         await self.start()
         return await self.runner.run(unit)
 
+    async def load(self) -> int:
+        """Engine sequences asked for and not yet returned (the controller admits another unit when few remain)."""
+        return self.runner.sequences_pending
+
     def stats(self) -> dict[str, int]:
         """Units committed and engine requests sent by this replica."""
         return {"units_done": self.units_done, "engine_requests": self.runner.requests}

@@ -3,7 +3,10 @@
 It runs inside the controller actor (`actors/controller.py`). The loop keeps
 `units_in_flight` units queued on every replica (backpressure: the data never
 passes through here, and memory holds one unit per in-flight slot however
-many prompts the run has). It replaces a replica whose actor died, whose
+many prompts the run has). When a replica's engine runs low on sequences
+(`min_sequences_in_flight`: its units are down to long-tail prompts) it gets
+one more unit, up to `max_units_in_flight`, so the batch stays full the way
+it would with every prompt submitted at once. It replaces a replica whose actor died, whose
 engine broke (`EngineFailure`), whose engine did not start within
 `start_timeout_s`, or that left a unit unfinished for `unit_timeout_s`, and
 requeues that replica's units; `supervision.FailurePolicy` decides which
@@ -25,7 +28,7 @@ from potstill.pipelines.ingest import IngestReport, iter_prompts
 from potstill.pipelines.model_assets import teacher_revision
 from potstill.pipelines.plan import RunPlan, iter_units, plan_run
 from potstill.pipelines.redact import redact
-from potstill.pipelines.replica_pool import Replica, ReplicaFactory, missed_deadline
+from potstill.pipelines.replica_pool import Replica, ReplicaFactory, missed_deadline, unit_limit
 from potstill.pipelines.run_record import claim_run
 from potstill.pipelines.shard_output import persist_unit
 from potstill.pipelines.storage import Storage
@@ -37,6 +40,7 @@ from potstill.schemas.generation import GenerationConfig
 __all__ = ["GenerationController", "Progress", "ReplicaFactory", "peak_rss_mb"]
 
 log = logging.getLogger("potstill.controller")
+LOAD_POLL_S = 0.5
 
 
 @dataclass
@@ -82,6 +86,7 @@ class GenerationController:
         self._owner: dict[Any, tuple[Replica, Entry]] = {}
         self._replicas: list[Replica] = []
         self._starting: dict[Any, Replica] = {}  # start() refs of replicas whose engine is loading
+        self._loads: dict[Any, Replica] = {}  # load() refs: how many sequences a replica's engine still has
         self._start_failures = 0  # in a row; the run stops at max_attempts
         self._exhausted = False
 
@@ -163,8 +168,9 @@ class GenerationController:
             self._dispatch()
             if not self._owner:
                 break
+            self._ask_loads(time.monotonic())
             # Start refs first: a replica's failed start is handled before its units' failures.
-            ready, _ = ray.wait(list(self._starting) + list(self._owner), num_returns=1, timeout=1.0)
+            ready, _ = ray.wait(list(self._starting) + list(self._owner) + list(self._loads), num_returns=1, timeout=1.0)
             for ref in ready:
                 self._on_ready(ref)
             self._check_deadlines(time.monotonic())
@@ -207,17 +213,31 @@ class GenerationController:
         return self._retry.popleft()
 
     def _dispatch(self) -> None:
-        limit = self.cfg.replicas.units_in_flight
+        base = self.cfg.replicas.units_in_flight
         for rep in self._replicas:
-            while len(rep.inflight) < limit and not rep.exclusive and rep.hung_reason is None:
+            while len(rep.inflight) < unit_limit(rep, self.cfg.replicas) and not rep.exclusive and rep.hung_reason is None:
                 entry = self._next_entry(busy=bool(rep.inflight))
                 if entry is None:
                     break
+                if len(rep.inflight) >= base:
+                    rep.sequences_pending = None  # one extra unit per load report
                 method = rep.handle.generate if entry.is_part else rep.handle.process
                 ref = method.remote(entry.unit)
                 rep.inflight[ref] = time.monotonic()
                 rep.exclusive = entry.exclusive
                 self._owner[ref] = (rep, entry)
+
+    def _ask_loads(self, now: float) -> None:
+        """Ask full replicas how many engine sequences they still run (at most every LOAD_POLL_S each)."""
+        rcfg = self.cfg.replicas
+        if rcfg.min_sequences_in_flight is None or not (self._retry or not self._exhausted):
+            return
+        for rep in self._replicas:
+            if (rep.ready_at is not None and rep.load_ref is None and rep.hung_reason is None and not rep.exclusive
+                    and rcfg.units_in_flight <= len(rep.inflight) < rcfg.max_units_in_flight
+                    and now - rep.load_asked_at >= LOAD_POLL_S):
+                rep.load_ref, rep.load_asked_at = rep.handle.load.remote(), now
+                self._loads[rep.load_ref] = rep
 
     def _maybe_scale_up(self) -> None:
         rcfg = self.cfg.replicas
@@ -229,6 +249,14 @@ class GenerationController:
     def _on_ready(self, ref: Any) -> None:
         import ray
 
+        if ref in self._loads:
+            rep = self._loads.pop(ref)
+            rep.load_ref = None
+            try:
+                rep.sequences_pending = ray.get(ref)
+            except Exception:  # noqa: BLE001 - a dead replica shows up through its units' refs
+                rep.sequences_pending = None
+            return
         if ref in self._starting:
             rep = self._starting[ref]
             try:
@@ -427,7 +455,19 @@ def _broken_kind(exc: BaseException, rep: Replica) -> str | None:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process in MiB."""
+    """Peak resident memory of this process in MiB.
+
+    Linux: `VmHWM` of this process's own memory. `ru_maxrss` would also count
+    the parent's pages a forked child carried until its exec, so a small
+    driver started from a large process would report the parent's size.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -41,7 +41,11 @@ def model_revision(path: str | Path) -> str:
     digest = hashlib.sha256()
     for file in sorted(p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
         digest.update(file.relative_to(root).as_posix().encode() + b"\0")
-        digest.update(hashlib.sha256(file.read_bytes()).digest())
+        file_hash = hashlib.sha256()
+        with open(file, "rb") as f:  # streamed: a teacher's safetensors shards are many GB each
+            for block in iter(lambda: f.read(1 << 22), b""):
+                file_hash.update(block)
+        digest.update(file_hash.digest())
     return digest.hexdigest()[:12]
 
 

@@ -30,6 +30,9 @@ class Replica:
     ready_at: float | None = None  # when its engine finished starting (unit deadlines count from here)
     hung_reason: str | None = None  # set when the controller killed it for a missed deadline
     requests_seen: int = 0  # engine requests already added to the run's count
+    load_ref: Any = None  # an outstanding `load()` call
+    load_asked_at: float = 0.0
+    sequences_pending: int | None = None  # its last `load()` report; None once acted on
 
 
 def missed_deadline(rep: Replica, now: float, rcfg: ReplicasConfig) -> str | None:
@@ -42,6 +45,14 @@ def missed_deadline(rep: Replica, now: float, rcfg: ReplicasConfig) -> str | Non
     if oldest is not None and now - oldest > rcfg.unit_timeout_s:
         return f"hung: a unit made no progress for {now - oldest:.0f} s (replicas.unit_timeout_s={rcfg.unit_timeout_s:g})"
     return None
+
+
+def unit_limit(rep: Replica, rcfg: ReplicasConfig) -> int:
+    """Units `rep` may hold now: `units_in_flight`, or one more (up to `max_units_in_flight`) when its last
+    load report says its engine runs fewer than `min_sequences_in_flight` sequences."""
+    low = (rcfg.min_sequences_in_flight is not None and rep.sequences_pending is not None
+           and rep.sequences_pending < rcfg.min_sequences_in_flight)
+    return min(rcfg.max_units_in_flight, len(rep.inflight) + 1) if low else rcfg.units_in_flight
 
 
 class ReplicaFactory:

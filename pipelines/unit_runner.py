@@ -86,6 +86,7 @@ class UnitRunner:
         self.verify = verify
         self._sampling_json = json.dumps(sampling.model_dump(), sort_keys=True)
         self.requests = 0
+        self.sequences_pending = 0  # samples asked of the engine and not yet returned (the controller's admission signal)
 
     async def run(self, unit: WorkUnit) -> UnitResult:
         nonce = uuid.uuid4().hex[:8]
@@ -118,6 +119,7 @@ class UnitRunner:
                 break
             want = self.sampling.n if target is None else min(max(target - accepted, self.sampling.n), budget - len(judged))
             self.requests += 1
+            self.sequences_pending += want
             try:
                 gen = await self.engine.generate(ids, want, f"{unit.shard_id}/{prompt.prompt_id[:16]}/{attempt}/{nonce}",
                                                  max_tokens=prompt.max_tokens)
@@ -126,6 +128,8 @@ class UnitRunner:
             except Exception as exc:  # the engine refused this prompt (too long, bad params): not the replica's fault
                 return [], FailedPrompt(prompt_id=prompt.prompt_id, reason=f"{type(exc).__name__}: {exc}",
                                         attempts=attempt + 1), len(judged), prompt_tokens, 0
+            finally:
+                self.sequences_pending -= want
             prompt_tokens += gen.prompt_tokens
             judged.extend(await asyncio.to_thread(_judge_all, self.judge, prompt, gen.samples, attempt))
             attempt += 1

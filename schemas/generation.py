@@ -82,6 +82,8 @@ class ReplicasConfig(StrictModel):
     gpus_per_replica: float | None = Field(default=None, ge=0, description="GPUs per replica; default: tensor_parallel_size when the cluster has GPUs, else 0.")
     accelerator_type: str | None = Field(default=None, description="Ray accelerator type to pin replicas to (e.g. H100).")
     units_in_flight: int = Field(default=2, ge=1, description="Work units queued on each replica at once (backpressure; >1 keeps the engine busy across unit boundaries).")
+    max_units_in_flight: int = Field(default=8, ge=1, description="Ceiling on units queued on one replica when `min_sequences_in_flight` admits units beyond `units_in_flight`.")
+    min_sequences_in_flight: int | None = Field(default=256, ge=1, description="When a replica's unfinished engine sequences fall below this (its units are down to their long-tail prompts), one more unit is dispatched to it, up to max_units_in_flight, so the engine's batch stays full; set it near the engine's max_num_seqs. null: exactly units_in_flight units.")
     unit_timeout_s: float = Field(default=1800, gt=0, description="A unit unfinished this long after its replica's engine started working on it marks the replica hung: it is killed and replaced, its units requeued. Set it above your slowest unit's time.")
     start_timeout_s: float = Field(default=1800, gt=0, description="A replica whose engine has not started after this long is killed and replaced (engine start is not counted in unit_timeout_s).")
     max_attempts: int = Field(default=3, ge=1, description="Failures blamed on a prompt (its unit failed while running alone, or raised) before it is recorded as failed; a unit of several prompts is split instead (see split_into).")
@@ -91,6 +93,9 @@ class ReplicasConfig(StrictModel):
     def _bounds(self) -> "ReplicasConfig":
         if self.max_replicas < self.min_replicas:
             raise ValueError(f"max_replicas ({self.max_replicas}) is below min_replicas ({self.min_replicas}); raise max_replicas")
+        if self.max_units_in_flight < self.units_in_flight:
+            raise ValueError(f"max_units_in_flight ({self.max_units_in_flight}) is below units_in_flight ({self.units_in_flight}); "
+                             "raise max_units_in_flight")
         return self
 
 

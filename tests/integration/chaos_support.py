@@ -50,6 +50,12 @@ def chaos_config(uri: str, run_id: str, storage: StorageConfig, *, faults: dict 
     })
 
 
+EXACT_SLOTS = {"min_sequences_in_flight": None}
+"""Exactly units_in_flight units per replica (no extra unit when its engine runs low): faults land on a known
+schedule, so a test can count restarts exactly, or catch a replica mid-run. The storage and driver chaos
+tests run the default admission."""
+
+
 def new_bucket(endpoint: str, prefix: str = "chaos") -> str:
     """A fresh bucket on the S3 server; returns its s3:// URI root."""
     name = f"{prefix}-{uuid.uuid4().hex[:10]}"

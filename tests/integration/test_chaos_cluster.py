@@ -17,7 +17,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # chaos_support: shared helpers (importlib mode)
 
 from chaos_support import (  # noqa: E402
-    SHARDS, assert_same_output, chaos_config, clean_baseline, commit_count, finished, new_bucket, replica_handles,
+    EXACT_SLOTS, SHARDS, assert_same_output, chaos_config, clean_baseline, commit_count, finished, new_bucket, replica_handles,
     wait_for,
 )
 
@@ -57,7 +57,7 @@ def test_node_removed_mid_run_work_continues_on_the_remaining_node(s3_server, cl
     c, workers = cluster
     storage = StorageConfig(endpoint_url=s3_server)
     uri = new_bucket(s3_server) + "/node"
-    controller = GenerationController(chaos_config(uri, "chaos-node", storage), uri)  # in the driver, on the head
+    controller = GenerationController(chaos_config(uri, "chaos-node", storage, replicas=EXACT_SLOTS), uri)  # in the driver, on the head
     outcome: dict = {}
 
     def drive() -> None:

@@ -20,7 +20,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # chaos_support: shared helpers (importlib mode)
 
 from chaos_support import (  # noqa: E402
-    DEADLINE_S, N, PER_SHARD, SHARDS, assert_same_output, chaos_config, finished, new_bucket, question,
+    DEADLINE_S, EXACT_SLOTS, N, PER_SHARD, SHARDS, assert_same_output, chaos_config, finished, new_bucket, question,
     replica_handles, wait_for,
 )
 from chaos_support import clean, ray_local  # noqa: E402,F401 - fixtures
@@ -53,7 +53,7 @@ def chaos_run(s3_server, ray_local, tmp_path_factory):
         {"action": "engine_dead", "marker": POISON},  # every time
     ]
     # After a unit fails alone MAX_ATTEMPTS times its prompts re-run one by one (split_into = its size).
-    replicas = {"units_in_flight": 1, "max_attempts": MAX_ATTEMPTS, "split_into": PER_SHARD}
+    replicas = {"units_in_flight": 1, "max_attempts": MAX_ATTEMPTS, "split_into": PER_SHARD, **EXACT_SLOTS}
     cfg = chaos_config(uri, "chaos-faults", storage, faults={"state_dir": str(state), "rules": rules}, replicas=replicas)
     outcome: dict = {}
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from potstill.pipelines.replica_pool import Replica, missed_deadline
+from potstill.pipelines.replica_pool import Replica, missed_deadline, unit_limit
 from potstill.schemas import ReplicasConfig
 
 RCFG = ReplicasConfig(unit_timeout_s=20, start_timeout_s=300)
@@ -20,3 +20,25 @@ def test_a_unit_is_overdue_unit_timeout_s_after_it_could_start():
     reason = missed_deadline(rep, 121, RCFG)
     assert reason.startswith("hung: a unit made no progress for 21 s") and "replicas.unit_timeout_s=20" in reason
     assert missed_deadline(Replica("idle", handle=None, ready_at=0.0), 10_000, RCFG) is None
+
+
+def test_a_replica_low_on_sequences_gets_one_more_unit_up_to_the_ceiling():
+    rcfg = ReplicasConfig(units_in_flight=2, max_units_in_flight=3, min_sequences_in_flight=100)
+    rep = Replica("replica-1", handle=None, inflight={"a": 0.0, "b": 0.0})
+    assert unit_limit(rep, rcfg) == 2  # no load report yet: the base
+    rep.sequences_pending = 500
+    assert unit_limit(rep, rcfg) == 2  # the engine is busy enough
+    rep.sequences_pending = 12  # two units down to their long-tail prompts
+    assert unit_limit(rep, rcfg) == 3
+    rep.inflight["c"] = 0.0
+    assert unit_limit(rep, rcfg) == 3  # the ceiling
+    off = ReplicasConfig(units_in_flight=2, min_sequences_in_flight=None)
+    assert unit_limit(Replica("r", handle=None, sequences_pending=0), off) == 2
+
+
+def test_max_units_below_units_in_flight_is_refused_with_the_fix():
+    import pytest
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="raise max_units_in_flight"):
+        ReplicasConfig(units_in_flight=4, max_units_in_flight=2)

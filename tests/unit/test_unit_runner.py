@@ -53,3 +53,20 @@ def test_a_prompt_the_engine_refuses_is_recorded_failed_and_the_rest_complete():
     assert len(result.rows) == 2
     assert len(result.failed) == 1 and "prompt refused" in result.failed[0].reason
     assert result.stats.failed_prompts == 1
+
+
+def test_pending_sequences_count_what_the_engine_still_runs():
+    """The controller's admission signal: samples asked and not yet returned, back to 0 after success or refusal."""
+    seen = []
+
+    class Observed(ScriptedEngine):
+        async def generate(self, *args, **kwargs):
+            seen.append(runner.sequences_pending)
+            return await super().generate(*args, **kwargs)
+
+    engine = Observed(lambda p, k: "4", fail_on="poison")
+    verify = VerifyConfig(method="exact")
+    runner = UnitRunner(engine, build_judge(verify), SamplingConfig(n=3), verify)
+    asyncio.run(runner.run(_unit("a", "b", "poison")))
+    assert seen == [3, 6, 9]  # every prompt's request is in flight at once: 3 prompts x n=3
+    assert runner.sequences_pending == 0
