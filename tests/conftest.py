@@ -93,3 +93,15 @@ def s3_bucket(s3_server):
     bucket = f"potstill-test-{uuid.uuid4().hex[:12]}"
     s3_filesystem(config).call_s3("create_bucket", Bucket=bucket)
     yield f"s3://{bucket}/runs/test", config
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """Local Ray for one test module, shut down after it."""
+    import ray
+
+    from potstill.cluster.connect import ensure_ray
+
+    ensure_ray()
+    yield
+    ray.shutdown()

@@ -157,18 +157,6 @@ def replica_handles(run_id: str) -> dict[str, Any]:
     return found
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    """Local Ray for one chaos module (import it into the module)."""
-    import ray
-
-    from potstill.cluster.connect import ensure_ray
-
-    ensure_ray()
-    yield
-    ray.shutdown()
-
-
 @pytest.fixture
 def clean(s3_server, ray_local) -> Finished:
     """The clean baseline run (shared by the whole session)."""

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # chaos_support, fault
 from chaos_support import (  # noqa: E402
     PER_SHARD, SHARDS, assert_same_output, chaos_config, finished, new_bucket, question, wait_for,
 )
-from chaos_support import clean, ray_local  # noqa: E402,F401 - fixtures
+from chaos_support import clean  # noqa: E402,F401 - fixture
 from fault_proxy import FaultProxy  # noqa: E402
 
 from potstill.cli.common import last_json_line  # noqa: E402

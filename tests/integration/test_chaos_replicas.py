@@ -23,7 +23,7 @@ from chaos_support import (  # noqa: E402
     DEADLINE_S, EXACT_SLOTS, N, PER_SHARD, SHARDS, assert_same_output, chaos_config, finished, new_bucket, question,
     replica_handles, wait_for,
 )
-from chaos_support import clean, ray_local  # noqa: E402,F401 - fixtures
+from chaos_support import clean  # noqa: E402,F401 - fixture
 
 from potstill.pipelines.commit import gc_run  # noqa: E402
 from potstill.pipelines.generate_job import run_generation  # noqa: E402

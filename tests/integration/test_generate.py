@@ -51,17 +51,6 @@ def read_rows(uri: str, storage: StorageConfig | None = None):
 
 
 @pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    from potstill.cluster.connect import ensure_ray
-
-    ensure_ray()
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def clean_run(ray_local, s3_server):
     """One uninterrupted run of 200 prompts x 4 samples into a moto S3 bucket."""
     import boto3
