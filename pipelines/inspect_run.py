@@ -27,8 +27,6 @@ def _percentiles(values: list[int], qs: tuple[float, ...] = (0.5, 0.9, 0.99)) ->
 
 def inspect_run(uri: str, storage_cfg: StorageConfig | None = None) -> dict[str, Any]:
     """Everything `potstill inspect` prints, as a dict."""
-    import pyarrow.parquet as pq
-
     storage = Storage(uri, storage_cfg or StorageConfig())
     finished = storage.exists("_SUCCESS") and storage.exists("manifest.json")
     commits = read_commits(storage)
@@ -41,8 +39,7 @@ def inspect_run(uri: str, storage_cfg: StorageConfig | None = None) -> dict[str,
     for c in ordered:
         if c.row_count == 0:
             continue
-        with storage.open_read(c.data_path) as f:
-            table = pq.read_table(f, columns=["completion_tokens"] if sample else None)
+        table = storage.read_table(c.data_path, columns=["completion_tokens"] if sample else None)
         tokens.extend(table.column("completion_tokens").to_pylist())
         if sample is None:
             row = table.slice(0, 1).to_pylist()[0]

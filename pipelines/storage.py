@@ -446,6 +446,20 @@ class Storage:
         """A seekable binary file over `rel` (for Parquet footers and streaming reads)."""
         return self.fs.open(self.path(rel), "rb") if self.remote else open(self.path(rel), "rb")
 
+    def read_table(self, rel: str, columns: list[str] | None = None) -> Any:
+        """The Parquet file at `rel` as a pyarrow Table (only `columns` when given).
+
+        Reads through `ParquetFile` rather than `pq.read_table`: the latter scans
+        with Arrow's dataset machinery, whose IO threads may drop the last
+        reference to our Python file object after the read returned; if that
+        happens while the interpreter exits, the thread cannot take the GIL and
+        the process aborts ("terminate called without an active exception").
+        """
+        import pyarrow.parquet as pq
+
+        with self.open_read(rel) as f, pq.ParquetFile(f) as parquet:
+            return parquet.read(columns=columns)
+
     def exists(self, rel: str) -> bool:
         """True when an object (not a folder) is stored at `rel`."""
         if not self.remote:

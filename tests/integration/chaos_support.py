@@ -68,8 +68,8 @@ def read_keys(uri: str, storage: StorageConfig) -> list[tuple[str, int]]:
     fs, _ = filesystem_for(uri, storage)
     keys: list[tuple[str, int]] = []
     for path in committed_data_files(uri, storage):
-        with fs.open(path.split("://", 1)[1], "rb") as f:
-            table = pq.read_table(f, columns=["prompt_id", "sample_index"])
+        with fs.open(path.split("://", 1)[1], "rb") as f, pq.ParquetFile(f) as pf:  # not read_table: see Storage.read_table
+            table = pf.read(columns=["prompt_id", "sample_index"])
         keys.extend(zip(table.column("prompt_id").to_pylist(), table.column("sample_index").to_pylist()))
     return keys
 

@@ -44,9 +44,9 @@ def read_rows(uri: str, storage: StorageConfig | None = None):
     fs, _ = filesystem_for(uri, storage)
     rows = []
     for path in committed_data_files(uri, storage):
-        with fs.open(path.split("://", 1)[-1] if uri.startswith("s3://") else path, "rb") as f:
-            rows.extend(pq.read_table(f, columns=["prompt_id", "sample_index", "verified", "topk_ids",
-                                                  "completion_tokens"]).to_pylist())
+        with fs.open(path.split("://", 1)[-1] if uri.startswith("s3://") else path, "rb") as f, pq.ParquetFile(f) as pf:
+            rows.extend(pf.read(columns=["prompt_id", "sample_index", "verified", "topk_ids",
+                                         "completion_tokens"]).to_pylist())
     return rows
 
 
