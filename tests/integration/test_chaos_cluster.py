@@ -17,8 +17,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # chaos_support: shared helpers (importlib mode)
 
 from chaos_support import (  # noqa: E402
-    EXACT_SLOTS, SHARDS, assert_same_output, chaos_config, clean_baseline, commit_count, finished, new_bucket, replica_handles,
-    wait_for,
+    EXACT_SLOTS, PER_SHARD, SHARDS, assert_same_output, chaos_config, clean_baseline, commit_count, finished, new_bucket,
+    question, replica_handles, wait_for,
 )
 
 from potstill.pipelines.controller import GenerationController  # noqa: E402
@@ -51,13 +51,18 @@ def clean(s3_server, cluster):
     return clean_baseline(s3_server)
 
 
-def test_node_removed_mid_run_work_continues_on_the_remaining_node(s3_server, cluster, clean):
+def test_node_removed_mid_run_work_continues_on_the_remaining_node(s3_server, cluster, clean, tmp_path):
     import ray
 
     c, workers = cluster
     storage = StorageConfig(endpoint_url=s3_server)
     uri = new_bucket(s3_server) + "/node"
-    controller = GenerationController(chaos_config(uri, "chaos-node", storage, replicas=EXACT_SLOTS), uri)  # in the driver, on the head
+    # The last shard hangs once, on the first replica, so the node is removed while that shard is in flight
+    # (without it the few remaining shards can all commit between the check and the removal).
+    faults = {"state_dir": str(tmp_path / "faults"), "rules": [
+        {"action": "hang", "marker": question((SHARDS - 1) * PER_SHARD + 2), "times": 1}]}
+    cfg = chaos_config(uri, "chaos-node", storage, faults=faults, replicas=EXACT_SLOTS)
+    controller = GenerationController(cfg, uri)  # in the driver, on the head
     outcome: dict = {}
 
     def drive() -> None:
@@ -69,18 +74,22 @@ def test_node_removed_mid_run_work_continues_on_the_remaining_node(s3_server, cl
     thread = threading.Thread(target=drive, daemon=True)
     thread.start()
     try:
-        wait_for(lambda: commit_count(uri, storage) >= 1, 240, "the first shard commit")
+        wait_for(lambda: (tmp_path / "faults" / "rule0-0").exists() or "error" in outcome, 240, "the last shard to hang")
         ((first_name, replica),) = wait_for(lambda: replica_handles("chaos-node").items(), 10, "the replica actor")
         first_node = ray.get(replica.start.remote(), timeout=30)["node_id"]
         (victim,) = [w for w in workers if w.node_id == first_node]
         (survivor,) = [w for w in workers if w is not victim]
-        assert commit_count(uri, storage) < SHARDS, "the run finished before the node was removed"
+        assert "error" not in outcome and commit_count(uri, storage) < SHARDS, "the run ended before the node was removed"
         c.remove_node(victim, allow_graceful=False)
 
-        def replacement():
-            return [h for name, h in replica_handles("chaos-node").items() if name != first_name]
+        def replaced():
+            assert "error" not in outcome, f"the controller failed: {outcome['error']!r}"
+            return controller.progress.replicas_replaced >= 1 and list(controller._replicas)
 
-        (new_replica,) = wait_for(replacement, 120, "a replacement replica")
+        try:
+            (new_replica,) = [r.handle for r in wait_for(replaced, 120, "the controller to replace the replica")]
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{_state_of(controller)}") from None
         assert ray.get(new_replica.start.remote(), timeout=120)["node_id"] == survivor.node_id
     finally:
         thread.join(300)
@@ -88,3 +97,14 @@ def test_node_removed_mid_run_work_continues_on_the_remaining_node(s3_server, cl
     summary = outcome["summary"]
     assert summary["replaced_for"] == {"actor_died": 1} and summary["units_retried"] >= 1
     assert_same_output(finished(uri, storage, summary), clean)
+
+
+def _state_of(controller: GenerationController) -> str:
+    """What the controller and Ray know of the replicas (for a failure message)."""
+    from ray.util.state import list_actors, list_nodes
+
+    mine = [(r.name, len(r.inflight), r.ready_at is not None, r.hung_reason) for r in controller._replicas]
+    actors = [(a.name, a.state, a.node_id[:8], a.death_cause) for a in list_actors(filters=[("class_name", "=", "TeacherReplica")])]
+    nodes = [(n.node_id[:8], n.state, n.resources_total) for n in list_nodes()]
+    return (f"controller replicas (name, in flight, started, hung): {mine}; units waiting {len(controller._retry)}, "
+            f"exhausted {controller._exhausted}; progress {controller.progress}\nray actors: {actors}\nray nodes: {nodes}")
