@@ -53,7 +53,8 @@ class TeacherReplica:
         except Exception as exc:
             raise EngineFailure(f"teacher engine failed to start on {self.replica_id}: {exc}") from exc
         return {"replica_id": self.replica_id, "pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id(),
-                "model": self.engine.model_name, "revision": self.engine.revision}
+                "model": self.engine.model_name, "revision": self.engine.revision,
+                "batch_capacity": self.engine.batch_capacity}
 
     async def process(self, unit: WorkUnit) -> ShardCommit:
         """Generate, verify, write and commit one unit's shard."""
@@ -68,9 +69,10 @@ class TeacherReplica:
         await self.start()
         return await self.runner.run(unit)
 
-    async def load(self) -> int:
-        """Engine sequences asked for and not yet returned (the controller admits another unit when few remain)."""
-        return self.runner.sequences_pending
+    async def load(self, units: int = 0, below: int = 1, timeout_s: float = 0.0) -> int:
+        """Engine sequences asked for and not yet returned, reported once this replica has started `units` units
+        and fewer than `below` remain (or after `timeout_s`); the controller admits another unit when few remain."""
+        return await self.runner.wait_for_load(units, below, timeout_s)
 
     def stats(self) -> dict[str, int]:
         """Units committed and engine requests sent by this replica."""

@@ -28,7 +28,7 @@ from potstill.pipelines.ingest import IngestReport, iter_prompts
 from potstill.pipelines.model_assets import teacher_revision
 from potstill.pipelines.plan import RunPlan, iter_units, plan_run
 from potstill.pipelines.redact import redact
-from potstill.pipelines.replica_pool import Replica, ReplicaFactory, missed_deadline, unit_limit
+from potstill.pipelines.replica_pool import Replica, ReplicaFactory, min_sequences_for, missed_deadline, unit_limit
 from potstill.pipelines.run_record import claim_run
 from potstill.pipelines.shard_output import persist_unit
 from potstill.pipelines.storage import Storage
@@ -40,7 +40,7 @@ from potstill.schemas.generation import GenerationConfig
 __all__ = ["GenerationController", "Progress", "ReplicaFactory", "peak_rss_mb"]
 
 log = logging.getLogger("potstill.controller")
-LOAD_POLL_S = 0.5
+LOAD_WAIT_S = 30.0  # longest a replica holds a load long poll before answering anyway
 
 
 @dataclass
@@ -160,15 +160,15 @@ class GenerationController:
 
         self._units_left = self._units(plan, todo)
         first = self._add_replica(factory)
-        ray.get(self._start_ref_of(first))  # surfaces a bad model/config before any work is queued
-        self._mark_ready(first)
+        info = ray.get(self._start_ref_of(first))  # surfaces a bad model/config before any work is queued
+        self._mark_ready(first, info)
         started = time.perf_counter()
         while True:
             self._fill_pool(factory)
             self._dispatch()
             if not self._owner:
                 break
-            self._ask_loads(time.monotonic())
+            self._ask_loads()
             # Start refs first: a replica's failed start is handled before its units' failures.
             ready, _ = ray.wait(list(self._starting) + list(self._owner) + list(self._loads), num_returns=1, timeout=1.0)
             for ref in ready:
@@ -190,9 +190,11 @@ class GenerationController:
     def _start_ref_of(self, rep: Replica) -> Any:
         return next(ref for ref, r in self._starting.items() if r is rep)
 
-    def _mark_ready(self, rep: Replica) -> None:
+    def _mark_ready(self, rep: Replica, info: dict[str, Any]) -> None:
+        """`rep`'s engine started; `info` is what its `start()` returned."""
         self._starting = {ref: r for ref, r in self._starting.items() if r is not rep}
         rep.ready_at = time.monotonic()
+        rep.min_sequences = min_sequences_for(self.cfg.replicas, info.get("batch_capacity"))
 
     def _fill_pool(self, factory: ReplicaFactory) -> None:
         """Start replicas up to the target while work remains (a dead one is replaced here)."""
@@ -223,20 +225,21 @@ class GenerationController:
                     rep.sequences_pending = None  # one extra unit per load report
                 method = rep.handle.generate if entry.is_part else rep.handle.process
                 ref = method.remote(entry.unit)
+                rep.units_sent += 1
                 rep.inflight[ref] = time.monotonic()
                 rep.exclusive = entry.exclusive
                 self._owner[ref] = (rep, entry)
 
-    def _ask_loads(self, now: float) -> None:
-        """Ask full replicas how many engine sequences they still run (at most every LOAD_POLL_S each)."""
+    def _ask_loads(self) -> None:
+        """Ask each full replica to report back as soon as its engine runs fewer than its threshold of sequences."""
         rcfg = self.cfg.replicas
         if rcfg.min_sequences_in_flight is None or not (self._retry or not self._exhausted):
             return
         for rep in self._replicas:
-            if (rep.ready_at is not None and rep.load_ref is None and rep.hung_reason is None and not rep.exclusive
-                    and rcfg.units_in_flight <= len(rep.inflight) < rcfg.max_units_in_flight
-                    and now - rep.load_asked_at >= LOAD_POLL_S):
-                rep.load_ref, rep.load_asked_at = rep.handle.load.remote(), now
+            if (rep.min_sequences is not None and rep.load_ref is None and rep.hung_reason is None and not rep.exclusive
+                    and rcfg.units_in_flight <= len(rep.inflight) < rcfg.max_units_in_flight):
+                rep.load_ref = rep.handle.load.remote(rep.units_sent, rep.min_sequences, LOAD_WAIT_S)
+                rep.load_units = rep.units_sent
                 self._loads[rep.load_ref] = rep
 
     def _maybe_scale_up(self) -> None:
@@ -253,19 +256,20 @@ class GenerationController:
             rep = self._loads.pop(ref)
             rep.load_ref = None
             try:
-                rep.sequences_pending = ray.get(ref)
+                pending = ray.get(ref)
             except Exception:  # noqa: BLE001 - a dead replica shows up through its units' refs
-                rep.sequences_pending = None
+                pending = None
+            rep.sequences_pending = pending if rep.units_sent == rep.load_units else None
             return
         if ref in self._starting:
             rep = self._starting[ref]
             try:
-                ray.get(ref)
+                info = ray.get(ref)
             except Exception as exc:  # noqa: BLE001 - any failure to start: replace it
                 self._on_start_failure(rep, exc)
                 return
             self._start_failures = 0
-            self._mark_ready(rep)
+            self._mark_ready(rep, info)
             return
         if ref not in self._owner:  # already requeued with its replica
             return
@@ -321,11 +325,11 @@ class GenerationController:
         if not done:
             return False
         try:
-            ray.get(ref)
+            info = ray.get(ref)
         except Exception:  # noqa: BLE001 - it did not start
             return False
         self._start_failures = 0
-        self._mark_ready(rep)
+        self._mark_ready(rep, info)
         return True
 
     def _on_start_failure(self, rep: Replica, exc: Exception) -> None:

@@ -30,9 +30,11 @@ class Replica:
     ready_at: float | None = None  # when its engine finished starting (unit deadlines count from here)
     hung_reason: str | None = None  # set when the controller killed it for a missed deadline
     requests_seen: int = 0  # engine requests already added to the run's count
-    load_ref: Any = None  # an outstanding `load()` call
-    load_asked_at: float = 0.0
+    load_ref: Any = None  # an outstanding `load()` long poll
+    load_units: int = 0  # units_sent when it was asked (a report is stale once another unit was sent)
+    units_sent: int = 0  # units dispatched to it so far (its load report counts only after all have started)
     sequences_pending: int | None = None  # its last `load()` report; None once acted on
+    min_sequences: int | None = None  # admit another unit below this many engine sequences (None: never)
 
 
 def missed_deadline(rep: Replica, now: float, rcfg: ReplicasConfig) -> str | None:
@@ -47,11 +49,18 @@ def missed_deadline(rep: Replica, now: float, rcfg: ReplicasConfig) -> str | Non
     return None
 
 
+def min_sequences_for(rcfg: ReplicasConfig, batch_capacity: int | None) -> int | None:
+    """The engine-load threshold below which a replica gets another unit (`auto`: its engine's batch capacity)."""
+    if rcfg.min_sequences_in_flight == "auto":
+        return batch_capacity
+    return rcfg.min_sequences_in_flight
+
+
 def unit_limit(rep: Replica, rcfg: ReplicasConfig) -> int:
     """Units `rep` may hold now: `units_in_flight`, or one more (up to `max_units_in_flight`) when its last
-    load report says its engine runs fewer than `min_sequences_in_flight` sequences."""
-    low = (rcfg.min_sequences_in_flight is not None and rep.sequences_pending is not None
-           and rep.sequences_pending < rcfg.min_sequences_in_flight)
+    load report says its engine runs fewer than `rep.min_sequences` sequences."""
+    low = (rep.min_sequences is not None and rep.sequences_pending is not None
+           and rep.sequences_pending < rep.min_sequences)
     return min(rcfg.max_units_in_flight, len(rep.inflight) + 1) if low else rcfg.units_in_flight
 
 

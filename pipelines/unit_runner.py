@@ -86,11 +86,43 @@ class UnitRunner:
         self.verify = verify
         self._sampling_json = json.dumps(sampling.model_dump(), sort_keys=True)
         self.requests = 0
-        self.sequences_pending = 0  # samples asked of the engine and not yet returned (the controller's admission signal)
+        self.units_started = 0
+        # Samples asked of the engine (or about to be) and not yet returned: the controller's admission signal.
+        self.sequences_pending = 0
+        self._changed = asyncio.Event()
+
+    def _first_round(self) -> int:
+        """Samples a prompt's first request asks for."""
+        target = self.verify.accept_per_prompt
+        if target is None:
+            return self.sampling.n
+        return min(max(target, self.sampling.n), self.verify.max_samples_per_prompt)
+
+    def _add_pending(self, delta: int) -> None:
+        self.sequences_pending += delta
+        self._changed.set()
+
+    async def wait_for_load(self, units: int, below: int, timeout_s: float) -> int:
+        """`sequences_pending` once at least `units` units have started and fewer than `below` sequences are
+        pending, or when `timeout_s` runs out (a long poll: the controller learns the moment the batch runs low)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while self.units_started < units or self.sequences_pending >= below:
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), deadline - loop.time())
+            except asyncio.TimeoutError:
+                break
+        return self.sequences_pending
 
     async def run(self, unit: WorkUnit) -> UnitResult:
         nonce = uuid.uuid4().hex[:8]
-        results = await _gather_or_cancel([self._run_prompt(unit, p, nonce) for p in unit.prompts])
+        # Count the unit's first-round samples before any request task runs, so a load report made right
+        # after this unit arrived already includes them.
+        reserved = self._first_round()
+        self.units_started += 1
+        self._add_pending(reserved * len(unit.prompts))
+        results = await _gather_or_cancel([self._run_prompt(unit, p, nonce, reserved) for p in unit.prompts])
         out = UnitResult(stats=ShardStats(prompts=len(unit.prompts)))
         for prompt, (rows, failure, drawn, prompt_tokens, completion_tokens) in zip(unit.prompts, results):
             out.rows.extend(rows)
@@ -103,36 +135,42 @@ class UnitRunner:
             )
         return out
 
-    async def _run_prompt(self, unit: WorkUnit, prompt: PromptRecord, nonce: str):
-        messages = [m.model_dump() for m in prompt.messages]
+    async def _run_prompt(self, unit: WorkUnit, prompt: PromptRecord, nonce: str, reserved: int):
+        held = reserved  # this prompt's share of the unit's reserved count, until its first request takes it over
         try:
-            ids = self.engine.encode_chat(messages)
-        except Exception as exc:  # a template that cannot render this conversation
-            return [], FailedPrompt(prompt_id=prompt.prompt_id, reason=f"chat template: {exc}", attempts=1), 0, 0, 0
-        target = self.verify.accept_per_prompt
-        budget = self.verify.max_samples_per_prompt if target else self.sampling.n
-        judged: list[_Judged] = []
-        attempt, prompt_tokens = 0, 0
-        while True:
-            accepted = sum(j.verified is True for j in judged)
-            if len(judged) >= budget or (target is None and judged) or (target and accepted >= target):
-                break
-            want = self.sampling.n if target is None else min(max(target - accepted, self.sampling.n), budget - len(judged))
-            self.requests += 1
-            self.sequences_pending += want
+            messages = [m.model_dump() for m in prompt.messages]
             try:
-                gen = await self.engine.generate(ids, want, f"{unit.shard_id}/{prompt.prompt_id[:16]}/{attempt}/{nonce}",
-                                                 max_tokens=prompt.max_tokens)
-            except EngineFailure:
-                raise
-            except Exception as exc:  # the engine refused this prompt (too long, bad params): not the replica's fault
-                return [], FailedPrompt(prompt_id=prompt.prompt_id, reason=f"{type(exc).__name__}: {exc}",
-                                        attempts=attempt + 1), len(judged), prompt_tokens, 0
-            finally:
-                self.sequences_pending -= want
-            prompt_tokens += gen.prompt_tokens
-            judged.extend(await asyncio.to_thread(_judge_all, self.judge, prompt, gen.samples, attempt))
-            attempt += 1
+                ids = self.engine.encode_chat(messages)
+            except Exception as exc:  # a template that cannot render this conversation
+                return [], FailedPrompt(prompt_id=prompt.prompt_id, reason=f"chat template: {exc}", attempts=1), 0, 0, 0
+            target = self.verify.accept_per_prompt
+            budget = self.verify.max_samples_per_prompt if target else self.sampling.n
+            judged: list[_Judged] = []
+            attempt, prompt_tokens = 0, 0
+            while True:
+                accepted = sum(j.verified is True for j in judged)
+                if len(judged) >= budget or (target is None and judged) or (target and accepted >= target):
+                    break
+                want = self.sampling.n if target is None else min(max(target - accepted, self.sampling.n), budget - len(judged))
+                self.requests += 1
+                self._add_pending(want - held)
+                held = 0
+                try:
+                    gen = await self.engine.generate(ids, want, f"{unit.shard_id}/{prompt.prompt_id[:16]}/{attempt}/{nonce}",
+                                                     max_tokens=prompt.max_tokens)
+                except EngineFailure:
+                    raise
+                except Exception as exc:  # the engine refused this prompt (too long, bad params): not the replica's fault
+                    return [], FailedPrompt(prompt_id=prompt.prompt_id, reason=f"{type(exc).__name__}: {exc}",
+                                            attempts=attempt + 1), len(judged), prompt_tokens, 0
+                finally:
+                    self._add_pending(-want)
+                prompt_tokens += gen.prompt_tokens
+                judged.extend(await asyncio.to_thread(_judge_all, self.judge, prompt, gen.samples, attempt))
+                attempt += 1
+        finally:
+            if held:
+                self._add_pending(-held)
         kept = self._keep(judged, target)
         rows = [self._row(unit, prompt, j, i, len(ids)) for i, j in enumerate(kept)]
         completion_tokens = sum(len(j.sample.token_ids) for j in judged)

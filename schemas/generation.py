@@ -83,7 +83,13 @@ class ReplicasConfig(StrictModel):
     accelerator_type: str | None = Field(default=None, description="Ray accelerator type to pin replicas to (e.g. H100).")
     units_in_flight: int = Field(default=2, ge=1, description="Work units queued on each replica at once (backpressure; >1 keeps the engine busy across unit boundaries).")
     max_units_in_flight: int = Field(default=8, ge=1, description="Ceiling on units queued on one replica when `min_sequences_in_flight` admits units beyond `units_in_flight`.")
-    min_sequences_in_flight: int | None = Field(default=256, ge=1, description="When a replica's unfinished engine sequences fall below this (its units are down to their long-tail prompts), one more unit is dispatched to it, up to max_units_in_flight, so the engine's batch stays full; set it near the engine's max_num_seqs. null: exactly units_in_flight units.")
+    min_sequences_in_flight: int | Literal["auto"] | None = Field(default="auto", description="When a replica's unfinished engine sequences fall below this (its units are down to their long-tail prompts), one more unit is dispatched to it, up to max_units_in_flight, so the engine's batch stays full. `auto`: the engine's batch capacity (vLLM max_num_seqs) as the replica reports it; null: exactly units_in_flight units.")
+
+    @model_validator(mode="after")
+    def _positive_min_sequences(self) -> "ReplicasConfig":
+        if isinstance(self.min_sequences_in_flight, int) and self.min_sequences_in_flight < 1:
+            raise ValueError(f"min_sequences_in_flight ({self.min_sequences_in_flight}) must be at least 1, `auto` or null")
+        return self
     unit_timeout_s: float = Field(default=1800, gt=0, description="A unit unfinished this long after its replica's engine started working on it marks the replica hung: it is killed and replaced, its units requeued. Set it above your slowest unit's time.")
     start_timeout_s: float = Field(default=1800, gt=0, description="A replica whose engine has not started after this long is killed and replaced (engine start is not counted in unit_timeout_s).")
     max_attempts: int = Field(default=3, ge=1, description="Failures blamed on a prompt (its unit failed while running alone, or raised) before it is recorded as failed; a unit of several prompts is split instead (see split_into).")

@@ -100,6 +100,10 @@ class FaultyEngine:
         self.revision = inner.revision
         self._marked: dict[tuple[int, ...], str] = {}  # token ids of prompts some rule matches -> their text
 
+    @property
+    def batch_capacity(self) -> int | None:
+        return self.inner.batch_capacity
+
     async def start(self) -> None:
         await self.inner.start()
 

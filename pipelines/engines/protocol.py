@@ -42,6 +42,8 @@ class TeacherEngine(Protocol):
 
     model_name: str
     revision: str | None
+    batch_capacity: int | None
+    """Sequences the engine runs at once once started (vLLM's max_num_seqs); None: no fixed limit."""
 
     async def start(self) -> None:
         """Load the model; raise on failure."""

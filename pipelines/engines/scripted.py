@@ -20,6 +20,7 @@ class ScriptedEngine:
         self.script = script
         self.model_name = model_name
         self.revision = "test"
+        self.batch_capacity = None
         self.fail_on = fail_on
         self.drawn: dict[str, int] = {}
 

@@ -48,6 +48,7 @@ class VllmEngine:
         self._llm = None
         self._tokenizer = None
         self._params = None
+        self.batch_capacity: int | None = None
 
     def engine_args(self) -> dict[str, Any]:
         """The AsyncEngineArgs keywords this config maps to (pure; unit-tested)."""
@@ -74,11 +75,15 @@ class VllmEngine:
         from transformers import AutoTokenizer
         from vllm import AsyncEngineArgs, SamplingParams
         from vllm.sampling_params import RequestOutputKind
+        from vllm.usage.usage_lib import UsageContext
         from vllm.v1.engine.async_llm import AsyncLLM
 
         args = self.engine_args()
         self._tokenizer = AutoTokenizer.from_pretrained(args["tokenizer"])
-        self._llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**args))
+        # Offline batch generation: vLLM's LLM-class batch defaults (CPU: 256 sequences and 4096 tokens a step,
+        # H100: 1024 and 16384), not the async engine's serving defaults (128 and 2048), which halve the batch.
+        self._llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**args), usage_context=UsageContext.LLM_CLASS)
+        self.batch_capacity = self._llm.vllm_config.scheduler_config.max_num_seqs
         s = self.sampling
         self._params = SamplingParams(
             temperature=s.temperature, top_p=s.top_p, top_k=s.top_k, min_p=s.min_p,

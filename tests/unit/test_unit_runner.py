@@ -68,5 +68,31 @@ def test_pending_sequences_count_what_the_engine_still_runs():
     verify = VerifyConfig(method="exact")
     runner = UnitRunner(engine, build_judge(verify), SamplingConfig(n=3), verify)
     asyncio.run(runner.run(_unit("a", "b", "poison")))
-    assert seen == [3, 6, 9]  # every prompt's request is in flight at once: 3 prompts x n=3
-    assert runner.sequences_pending == 0
+    assert seen == [9, 9, 9]  # the unit's 3 prompts x n=3 count from the moment it starts, before any request
+    assert runner.sequences_pending == 0 and runner.units_started == 1
+
+
+def test_load_long_poll_answers_once_the_unit_started_and_the_batch_ran_low():
+    """`wait_for_load` returns as soon as the engine runs below the threshold, not at the timeout."""
+    release = None
+
+    class Gated(ScriptedEngine):
+        async def generate(self, prompt_token_ids, n, request_id, max_tokens=None):
+            if "slow" in "".join(chr(i) for i in prompt_token_ids):
+                await release.wait()
+            return await super().generate(prompt_token_ids, n, request_id, max_tokens)
+
+    async def scenario():
+        nonlocal release
+        release = asyncio.Event()
+        verify = VerifyConfig(method="exact")
+        runner = UnitRunner(Gated(lambda p, k: "4"), build_judge(verify), SamplingConfig(n=2), verify)
+        assert await runner.wait_for_load(units=1, below=100, timeout_s=0.05) == 0  # the unit has not started: timeout
+        poll = asyncio.ensure_future(runner.wait_for_load(units=1, below=3, timeout_s=30))
+        unit = asyncio.ensure_future(runner.run(_unit("fast 1", "fast 2", "slow")))
+        low = await asyncio.wait_for(poll, 5)  # the fast prompts finish; the slow one's 2 samples remain
+        release.set()
+        await unit
+        return low
+
+    assert asyncio.run(scenario()) == 2
