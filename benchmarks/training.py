@@ -1,12 +1,15 @@
 """Distillation benchmarks: Ray Train against plain torch.distributed, packing, loader headroom, SFT vs KD.
 Prints one JSON object of same-run measurements.
 
-    .venv/bin/python benchmarks/training.py [--run runs/arithmetic-demo] [--steps 80] [--quick]
+    .venv/bin/python benchmarks/training.py [--run runs/arithmetic-demo] [--epochs 2] [--quick]
 
 - `ray_train_vs_plain_torch`: median optimizer-step time of the distillation loop (`run_loop`/`train_step`)
   under a TorchTrainer with 2 gloo workers, divided by the median of the very same loop under
-  torch.distributed with 2 gloo processes and no Ray (same model, data, batch; setup excluded: only
-  the step is timed), over `--rounds` alternating runs of each. Goal <= 1.05.
+  torch.distributed with 2 gloo processes and no Ray (same model, data, batch, step count; setup
+  excluded: only the step is timed), over `--rounds` alternating runs of each. The Ray side runs
+  `potstill train`'s default path: `--epochs` epochs over the packed dataset, materialized before the
+  workers start (with `run.max_steps` set, Ray Data would pack while the workers train, competing
+  with them for this machine's 2 cores). Goal <= 1.05.
 - `packing_efficiency`: document tokens / all positions of the packed training rows. Goal >= 0.95.
 - `loader_headroom`: positions/s one core of loader delivers (read Parquet -> filter -> tokenize -> pack ->
   micro-batches: the function both the Ray Data pipeline and the follow-mode reader run; warm), divided by
@@ -179,7 +182,7 @@ def accuracy_pair(run: str, storage: str, files: list[str], problems) -> dict:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", help="Finished generation run to train on (default: generate the demo's traces).")
-    parser.add_argument("--steps", type=int, default=100, help="Timed steps per framework and round.")
+    parser.add_argument("--epochs", type=int, default=2, help="Timed epochs per framework and round.")
     parser.add_argument("--rounds", type=int, default=3, help="Alternating plain/Ray timing rounds.")
     parser.add_argument("--quick", action="store_true", help="Skip the SFT/KD accuracy trainings.")
     args = parser.parse_args(argv)
@@ -199,12 +202,14 @@ def main(argv: list[str] | None = None) -> None:
 
     loader = loader_rates(cfg, spec, files)
     print(f"[bench] loader {loader}", file=sys.stderr, flush=True)
-    timing = cfg.model_copy(update={"run": cfg.run.model_copy(update={"max_steps": args.steps}),
-                                    "checkpoint": cfg.checkpoint.model_copy(update={"every_steps": args.steps + 1})})
+    timing = cfg.model_copy(update={"run": cfg.run.model_copy(update={"epochs": args.epochs, "max_steps": None}),
+                                    "checkpoint": cfg.checkpoint.model_copy(update={"every_steps": 10**9})})
     plain, ray = [], []
     for i in range(args.rounds):  # alternate, so load from other processes on a shared machine hits both alike
-        plain.append(plain_torch_step_s(timing, spec, files, args.steps))
-        ray.append(run_training(timing.model_copy(update={"name": f"bench-timing-{i}"}))["metrics"]["step_s_median"])
+        metrics = run_training(timing.model_copy(update={"name": f"bench-timing-{i}"}))["metrics"]
+        ray.append(metrics["step_s_median"])
+        steps = int(metrics["step"])
+        plain.append(plain_torch_step_s(timing, spec, files, steps))
         print(f"[bench] round {i}: plain torch.distributed {plain[-1] * 1e3:.1f} ms, Ray Train {ray[-1] * 1e3:.1f} ms",
               file=sys.stderr, flush=True)
     plain_s, ray_s = statistics.median(plain), statistics.median(ray)
@@ -216,7 +221,7 @@ def main(argv: list[str] | None = None) -> None:
         "loader_headroom": round(loader["local_reader"] / consumed, 1),
         "step_ms_ray_train": [round(x * 1e3, 1) for x in ray],
         "step_ms_plain_torch": [round(x * 1e3, 1) for x in plain],
-        "timed_steps": args.steps,
+        "timed_steps": steps,
         "loader_positions_per_s_one_core": round(loader["local_reader"]),
         "train_positions_per_s_per_worker": round(consumed),
         "ray_data_positions_per_s_with_startup": round(loader["ray_data"]),
