@@ -50,9 +50,16 @@ def missed_deadline(rep: Replica, now: float, rcfg: ReplicasConfig) -> str | Non
 
 
 def min_sequences_for(rcfg: ReplicasConfig, batch_capacity: int | None) -> int | None:
-    """The engine-load threshold below which a replica gets another unit (`auto`: its engine's batch capacity)."""
+    """The engine-load threshold below which a replica gets another unit.
+
+    `auto`: twice the engine's batch capacity, so a full batch runs and about
+    as many sequences wait in the engine's own queue. When a batch of similar
+    prompts finishes together, the waiting ones start at the next step instead
+    of after a round trip through the controller (as when every prompt is
+    submitted to vLLM at once).
+    """
     if rcfg.min_sequences_in_flight == "auto":
-        return batch_capacity
+        return None if batch_capacity is None else 2 * batch_capacity
     return rcfg.min_sequences_in_flight
 
 

@@ -31,6 +31,7 @@ from potstill.schemas.prompt import PromptRecord
 
 class Judge(Protocol):
     name: str
+    blocking: bool  # judging may take long enough that it must run off the event loop
 
     def judge(self, answer_text: str, reference: str | None, *, completion: str, finish_reason: str,
               completion_tokens: int, has_reasoning: bool) -> bool | None: ...
@@ -122,7 +123,9 @@ class UnitRunner:
         reserved = self._first_round()
         self.units_started += 1
         self._add_pending(reserved * len(unit.prompts))
-        results = await _gather_or_cancel([self._run_prompt(unit, p, nonce, reserved) for p in unit.prompts])
+        encoded = self.engine.encode_chats([[m.model_dump() for m in p.messages] for p in unit.prompts])
+        results = await _gather_or_cancel([self._run_prompt(unit, p, ids, nonce, reserved)
+                                           for p, ids in zip(unit.prompts, encoded)])
         out = UnitResult(stats=ShardStats(prompts=len(unit.prompts)))
         for prompt, (rows, failure, drawn, prompt_tokens, completion_tokens) in zip(unit.prompts, results):
             out.rows.extend(rows)
@@ -135,14 +138,12 @@ class UnitRunner:
             )
         return out
 
-    async def _run_prompt(self, unit: WorkUnit, prompt: PromptRecord, nonce: str, reserved: int):
+    async def _run_prompt(self, unit: WorkUnit, prompt: PromptRecord, ids: list[int] | Exception, nonce: str,
+                          reserved: int):
         held = reserved  # this prompt's share of the unit's reserved count, until its first request takes it over
         try:
-            messages = [m.model_dump() for m in prompt.messages]
-            try:
-                ids = self.engine.encode_chat(messages)
-            except Exception as exc:  # a template that cannot render this conversation
-                return [], FailedPrompt(prompt_id=prompt.prompt_id, reason=f"chat template: {exc}", attempts=1), 0, 0, 0
+            if isinstance(ids, Exception):  # a template that cannot render this conversation
+                return [], FailedPrompt(prompt_id=prompt.prompt_id, reason=f"chat template: {ids}", attempts=1), 0, 0, 0
             target = self.verify.accept_per_prompt
             budget = self.verify.max_samples_per_prompt if target else self.sampling.n
             judged: list[_Judged] = []
@@ -166,7 +167,10 @@ class UnitRunner:
                 finally:
                     self._add_pending(-want)
                 prompt_tokens += gen.prompt_tokens
-                judged.extend(await asyncio.to_thread(_judge_all, self.judge, prompt, gen.samples, attempt))
+                if self.judge.blocking:  # math-verify or a user function: keep the event loop (and the batch) moving
+                    judged.extend(await asyncio.to_thread(_judge_all, self.judge, prompt, gen.samples, attempt))
+                else:
+                    judged.extend(_judge_all(self.judge, prompt, gen.samples, attempt))
                 attempt += 1
         finally:
             if held:

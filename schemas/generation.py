@@ -83,7 +83,7 @@ class ReplicasConfig(StrictModel):
     accelerator_type: str | None = Field(default=None, description="Ray accelerator type to pin replicas to (e.g. H100).")
     units_in_flight: int = Field(default=2, ge=1, description="Work units queued on each replica at once (backpressure; >1 keeps the engine busy across unit boundaries).")
     max_units_in_flight: int = Field(default=8, ge=1, description="Ceiling on units queued on one replica when `min_sequences_in_flight` admits units beyond `units_in_flight`.")
-    min_sequences_in_flight: int | Literal["auto"] | None = Field(default="auto", description="When a replica's unfinished engine sequences fall below this (its units are down to their long-tail prompts), one more unit is dispatched to it, up to max_units_in_flight, so the engine's batch stays full. `auto`: the engine's batch capacity (vLLM max_num_seqs) as the replica reports it; null: exactly units_in_flight units.")
+    min_sequences_in_flight: int | Literal["auto"] | None = Field(default="auto", description="When a replica's unfinished engine sequences fall below this (its units are down to their long-tail prompts), one more unit is dispatched to it, up to max_units_in_flight, so the engine's batch stays full. `auto`: twice the engine's batch capacity (vLLM max_num_seqs, as the replica reports it), so a full batch runs and as many wait in the engine's queue; null: exactly units_in_flight units.")
 
     @model_validator(mode="after")
     def _positive_min_sequences(self) -> "ReplicasConfig":

@@ -108,11 +108,18 @@ class FaultyEngine:
         await self.inner.start()
 
     def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
-        ids = self.inner.encode_chat(messages)
-        text = prompt_text(messages)
-        if self.plan.matching(text, ENGINE_ACTIONS):
-            self._marked[tuple(ids)] = text
+        (ids,) = self.encode_chats([messages])
+        if isinstance(ids, Exception):
+            raise ids
         return ids
+
+    def encode_chats(self, conversations: list[list[dict[str, str]]]) -> list[list[int] | Exception]:
+        encoded = self.inner.encode_chats(conversations)
+        for messages, ids in zip(conversations, encoded):
+            text = prompt_text(messages)
+            if not isinstance(ids, Exception) and self.plan.matching(text, ENGINE_ACTIONS):
+                self._marked[tuple(ids)] = text
+        return encoded
 
     async def generate(self, prompt_token_ids: list[int], n: int, request_id: str,
                        max_tokens: int | None = None) -> Generation:

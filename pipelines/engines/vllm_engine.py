@@ -48,6 +48,7 @@ class VllmEngine:
         self._llm = None
         self._tokenizer = None
         self._params = None
+        self._params_cache: dict[tuple[int, int | None], Any] = {}
         self.batch_capacity: int | None = None
 
     def engine_args(self) -> dict[str, Any]:
@@ -72,14 +73,13 @@ class VllmEngine:
         return args
 
     async def start(self) -> None:
-        from transformers import AutoTokenizer
         from vllm import AsyncEngineArgs, SamplingParams
         from vllm.sampling_params import RequestOutputKind
         from vllm.usage.usage_lib import UsageContext
         from vllm.v1.engine.async_llm import AsyncLLM
 
         args = self.engine_args()
-        self._tokenizer = AutoTokenizer.from_pretrained(args["tokenizer"])
+        self.load_tokenizer()
         # Offline batch generation: vLLM's LLM-class batch defaults (CPU: 256 sequences and 4096 tokens a step,
         # H100: 1024 and 16384), not the async engine's serving defaults (128 and 2048), which halve the batch.
         self._llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**args), usage_context=UsageContext.LLM_CLASS)
@@ -91,20 +91,39 @@ class VllmEngine:
             flat_logprobs=bool(s.logprobs), ignore_eos=s.ignore_eos, output_kind=RequestOutputKind.FINAL_ONLY,
         )
 
+    def load_tokenizer(self) -> None:
+        """The tokenizer `encode_chat(s)` uses (loaded by `start`; callable alone, without vLLM)."""
+        from transformers import AutoTokenizer
+
+        if self._tokenizer is None:
+            self._tokenizer = AutoTokenizer.from_pretrained(self.engine_args()["tokenizer"])
+
     def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
-        text = self._tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, tokenize=False, chat_template=self.teacher.chat_template,
-        )
-        return self._tokenizer.encode(text, add_special_tokens=False)
+        (ids,) = self.encode_chats([messages])
+        if isinstance(ids, Exception):
+            raise ids
+        return ids
+
+    def encode_chats(self, conversations: list[list[dict[str, str]]]) -> list[list[int] | Exception]:
+        # Templates render one by one (a conversation the template rejects fails alone); the texts are
+        # tokenized in one batch call, which costs a fraction of one call per prompt.
+        out: list[list[int] | Exception] = []
+        texts: list[str] = []
+        for messages in conversations:
+            try:
+                texts.append(self._tokenizer.apply_chat_template(
+                    messages, add_generation_prompt=True, tokenize=False, chat_template=self.teacher.chat_template))
+                out.append([])
+            except Exception as exc:  # noqa: BLE001 - returned in the conversation's place
+                out.append(exc)
+        encoded = iter(self._tokenizer(texts, add_special_tokens=False)["input_ids"]) if texts else iter(())
+        return [slot if isinstance(slot, Exception) else list(next(encoded)) for slot in out]
 
     async def generate(self, prompt_token_ids: list[int], n: int, request_id: str,
                        max_tokens: int | None = None) -> Generation:
         from vllm.v1.engine.exceptions import EngineDeadError
 
-        params = self._params.clone()
-        params.n = n
-        if max_tokens is not None:
-            params.max_tokens = max_tokens
+        params = self._params_for(n, max_tokens)
         final = None
         try:
             async for output in self._llm.generate({"prompt_token_ids": prompt_token_ids}, params, request_id):
@@ -121,6 +140,19 @@ class VllmEngine:
             reason = out.finish_reason if out.finish_reason in _FINISH_REASONS else "error"
             samples.append(Sample(out.text, list(out.token_ids), reason, topk_ids, topk_lps))
         return Generation(prompt_tokens=len(prompt_token_ids), samples=samples)
+
+    def _params_for(self, n: int, max_tokens: int | None) -> Any:
+        """Shared SamplingParams per (n, max_tokens): vLLM copies them per request itself, and a deep copy
+        here as well would cost more than the rest of a request's bookkeeping in this process."""
+        key = (n, max_tokens)
+        params = self._params_cache.get(key)
+        if params is None:
+            params = self._params.clone()
+            params.n = n
+            if max_tokens is not None:
+                params.max_tokens = max_tokens
+            self._params_cache[key] = params
+        return params
 
     async def shutdown(self) -> None:
         if self._llm is not None:

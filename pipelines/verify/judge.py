@@ -38,6 +38,12 @@ class Judge:
             return f"callable:{self.config.function}"
         return self.config.method
 
+    @property
+    def blocking(self) -> bool:
+        """Whether a verdict may take long (math-verify parses with sympy; a user function is unknown), so
+        callers on an event loop run it in a thread; `none` and `exact` are cheap enough to run inline."""
+        return self.config.method in ("math", "callable")
+
     def rejection_reason(
         self, *, finish_reason: str, completion_tokens: int, has_reasoning: bool
     ) -> str | None:

@@ -41,7 +41,7 @@ def test_a_replica_low_on_sequences_gets_one_more_unit_up_to_the_ceiling():
 def test_auto_admission_threshold_is_the_engines_batch_capacity():
     auto = ReplicasConfig()
     assert auto.min_sequences_in_flight == "auto"
-    assert min_sequences_for(auto, 1024) == 1024  # e.g. vLLM's max_num_seqs on an H100
+    assert min_sequences_for(auto, 1024) == 2048  # e.g. vLLM's max_num_seqs on an H100: a batch running, one queued
     assert min_sequences_for(auto, None) is None  # an engine without a fixed batch: exactly units_in_flight
 
 
