@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -67,11 +68,14 @@ def traces(ray_cluster, tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 def copy_shards(files: list[str], dest: str, storage: StorageConfig | None = None, finalize: bool = True,
-                pause_s: float = 0.0) -> list[str]:
-    """Commit the given shards into a new run root with the real commit protocol (write, verify, commit)."""
+                pause_s: float = 0.0, before: Callable[[int], None] | None = None) -> list[str]:
+    """Commit the given shards into a new run root with the real commit protocol (write, verify, commit);
+    `before(i)` runs before the i-th shard is copied."""
     store = Storage(dest, storage)
     shard_ids = []
-    for path in files:
+    for i, path in enumerate(files):
+        if before is not None:
+            before(i)
         table = pq.read_table(path)
         shard_id = Path(path).parent.name
         run_id = table.column("run_id")[0].as_py()
@@ -188,17 +192,26 @@ def test_follow_trains_on_a_live_run_and_ends_at_success(traces: dict, tmp_path:
     files = traces["files"][:4]
     committed_at: list[float] = []
     started = time.time()
+    training = threading.Event()
+
+    def after_the_first_shard_wait_for_training(i: int) -> None:
+        if i == 1:  # the rest of the run commits only once training is under way, however slow its start-up
+            training.wait(300)
 
     def generation() -> None:  # the run goes on while training reads it: a shard every few seconds, then _SUCCESS
         time.sleep(2)
-        copy_shards(files, str(live), pause_s=4)
+        copy_shards(files, str(live), pause_s=3, before=after_the_first_shard_wait_for_training)
         committed_at.append(time.time())
+
+    def on_progress(update: dict) -> None:  # polled: a worker may be waiting for shards by the first look
+        if update.get("phase") in ("training", "waiting for shards"):
+            training.set()
 
     writer = threading.Thread(target=generation, daemon=True)
     writer.start()
     cfg = small_config("follow", [str(live)], str(tmp_path / "ckpt"), data={"follow": True, "follow_poll_s": 0.5},
                        optim={"schedule": "constant"})
-    summary = run_training(cfg)
+    summary = run_training(cfg, on_progress=on_progress)
     writer.join()
     assert summary["follow"] and committed_at
     # Training started before the run finished, read every shard exactly once, and ended after _SUCCESS.
