@@ -107,12 +107,6 @@ class FaultyEngine:
     async def start(self) -> None:
         await self.inner.start()
 
-    def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
-        (ids,) = self.encode_chats([messages])
-        if isinstance(ids, Exception):
-            raise ids
-        return ids
-
     def encode_chats(self, conversations: list[list[dict[str, str]]]) -> list[list[int] | Exception]:
         encoded = self.inner.encode_chats(conversations)
         for messages, ids in zip(conversations, encoded):

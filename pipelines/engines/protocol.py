@@ -48,12 +48,9 @@ class TeacherEngine(Protocol):
     async def start(self) -> None:
         """Load the model; raise on failure."""
 
-    def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
-        """Token ids of the conversation with the generation prompt appended."""
-
     def encode_chats(self, conversations: list[list[dict[str, str]]]) -> list[list[int] | Exception]:
-        """`encode_chat` of each conversation (a unit's at once); a conversation that cannot be encoded gets
-        its exception in its place, the others their ids."""
+        """Token ids of each conversation with the generation prompt appended (a unit's at once); a conversation
+        that cannot be encoded gets its exception in its place, the others their ids."""
 
     async def generate(self, prompt_token_ids: list[int], n: int, request_id: str,
                        max_tokens: int | None = None) -> Generation:
@@ -62,13 +59,3 @@ class TeacherEngine(Protocol):
     async def shutdown(self) -> None:
         """Release the model and its memory."""
 
-
-def encode_each(engine: TeacherEngine, conversations: list[list[dict[str, str]]]) -> list[list[int] | Exception]:
-    """`encode_chats` one conversation at a time (for engines without a batched tokenizer)."""
-    out: list[list[int] | Exception] = []
-    for messages in conversations:
-        try:
-            out.append(engine.encode_chat(messages))
-        except Exception as exc:  # noqa: BLE001 - returned in the conversation's place
-            out.append(exc)
-    return out

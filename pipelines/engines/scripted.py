@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from potstill.pipelines.engines.protocol import Generation, Sample, encode_each
+from potstill.pipelines.engines.protocol import Generation, Sample
 
 
 class ScriptedEngine:
@@ -27,11 +27,8 @@ class ScriptedEngine:
     async def start(self) -> None:
         return None
 
-    def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
-        return [ord(c) for c in messages[-1]["content"]]
-
     def encode_chats(self, conversations: list[list[dict[str, str]]]) -> list[list[int] | Exception]:
-        return encode_each(self, conversations)
+        return [[ord(c) for c in messages[-1]["content"]] for messages in conversations]
 
     async def generate(self, prompt_token_ids: list[int], n: int, request_id: str,
                        max_tokens: int | None = None) -> Generation:

@@ -92,17 +92,11 @@ class VllmEngine:
         )
 
     def load_tokenizer(self) -> None:
-        """The tokenizer `encode_chat(s)` uses (loaded by `start`; callable alone, without vLLM)."""
+        """The tokenizer `encode_chats` uses (loaded by `start`; callable alone, without vLLM)."""
         from transformers import AutoTokenizer
 
         if self._tokenizer is None:
             self._tokenizer = AutoTokenizer.from_pretrained(self.engine_args()["tokenizer"])
-
-    def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
-        (ids,) = self.encode_chats([messages])
-        if isinstance(ids, Exception):
-            raise ids
-        return ids
 
     def encode_chats(self, conversations: list[list[dict[str, str]]]) -> list[list[int] | Exception]:
         # Templates render one by one (a conversation the template rejects fails alone); the texts are

@@ -22,7 +22,7 @@ def _faulty(rules, state_dir=None) -> FaultyEngine:
 
 
 async def _ask(engine: FaultyEngine, text: str):
-    ids = engine.encode_chat([{"role": "user", "content": text}])
+    (ids,) = engine.encode_chats([[{"role": "user", "content": text}]])
     return await engine.generate(ids, 1, "req")
 
 
