@@ -77,7 +77,7 @@ class RunLengthConfig(StrictModel):
     max_steps: int | None = Field(default=None, gt=0, description="Stop after this many optimizer steps.")
     micro_batch_size: int = Field(default=8, gt=0, description="Packed sequences per worker per forward pass.")
     grad_accum_steps: int = Field(default=1, ge=1, description="Micro-batches per optimizer step.")
-    seed: int = Field(default=0, description="Seed of model init and data order.")
+    seed: int = Field(default=0, description="Seed of model init and data order: without run.max_steps or data.follow, the same seed and data train the same student.")
 
 
 class StrategyConfig(StrictModel):

@@ -7,8 +7,8 @@ Only the explicit list of committed files is read (never a prefix listing).
 Filtering, tokenization and packing run in one `map_batches` over groups of
 `PACK_GROUP` traces: each group is packed on its own (best-fit decreasing),
 which streams and scales with the data while keeping packing efficiency high.
-Every output row has the same shapes, and Ray Train splits rows equally
-(`streaming_split(equal=True)`), so every worker gets the same number of
+Every output row has the same shapes, and the rows are split equally among
+the workers (`data_split.FixedSplit`), so every worker gets the same number of
 batches and DDP never waits on a worker that ran out.
 """
 

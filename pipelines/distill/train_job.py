@@ -192,6 +192,7 @@ def run_training(
 
     from potstill.pipelines.distill.checkpointing import HF_SUBDIR
     from potstill.pipelines.distill.faults import fault_from_env
+    from potstill.pipelines.distill.data_split import FixedSplit
     from potstill.pipelines.distill.local_reader import PackSpec
     from potstill.pipelines.distill.progress import TrainProgress
     from potstill.pipelines.distill.run_data import finished_run_files
@@ -221,6 +222,7 @@ def run_training(
     if not follow:
         ds = build_dataset(data_files, cfg, tokenizer_path, use_teacher_ids, width)
         if total is None:
+            ds.context.execution_options.preserve_order = True  # same rows in the same order on every run
             ds = ds.materialize()
             rows = ds.count()
             per_epoch = steps_per_epoch(rows, cfg.scaling.num_workers, cfg.run.micro_batch_size, cfg.run.grad_accum_steps)
@@ -255,6 +257,7 @@ def run_training(
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
         ),
         datasets=datasets,
+        dataset_config=FixedSplit(),
     )
     stop = threading.Event()
     watcher = threading.Thread(target=_watch, args=(board, on_progress, stop), daemon=True) if on_progress else None

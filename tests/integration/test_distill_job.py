@@ -141,6 +141,23 @@ def test_worker_failure_restarts_from_the_last_checkpoint(traces: dict, tmp_path
     assert (tmp_path / "ckpt" / "fault" / "student" / "model.safetensors").exists()
 
 
+def test_the_same_seed_trains_the_same_student(traces: dict, tmp_path: Path) -> None:
+    """Workers get fixed data splits, so two runs with one `run.seed` end with identical weights."""
+    import torch
+    from safetensors.torch import load_file
+
+    from potstill.pipelines.distill.train_job import run_training
+
+    run = str(tmp_path / "run")
+    copy_shards(traces["files"][:1], run)
+    students = [run_training(small_config(f"seeded-{i}", [run], str(tmp_path / "ckpt"), run={"epochs": 2}))["student"]
+                for i in range(2)]
+    first, second = (load_file(f"{s}/model.safetensors") for s in students)
+    assert first.keys() == second.keys()
+    differing = [name for name in first if not torch.equal(first[name], second[name])]
+    assert not differing, f"same seed, different weights in {differing}"
+
+
 def _latest_registered(snapshot: Path) -> dict | None:
     """The metrics of the newest checkpoint Ray Train's controller has registered (what a re-run resumes from)."""
     try:
