@@ -6,7 +6,7 @@
    fresh 3-digit additions, top-4 logprobs) into `<out>/traces`, asking for
    `DEMO_PROMPTS` distinct problems at one sample each (a student needs
    varied problems more than repeated samples of the same ones);
-2. `run_training` with `examples/distill_arithmetic.yaml` (a 1-layer student,
+2. `run_training` with `examples/distill_arithmetic.yaml` (a narrower student,
    SFT + sparse KD, Ray Train with 2 CPU workers) into `<out>/train`;
 3. `evaluate` of the teacher and the student in vLLM on the same fresh
    held-out problems (none of them in the traces).
