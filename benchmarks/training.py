@@ -17,7 +17,9 @@ Prints one JSON object of same-run measurements.
   included) and its time to the first batch are reported next to it.
 - `student_acc_sft`, `student_acc_kd`, `teacher_acc`: the demo student trained with SFT only and with
   KD only (top-4 teacher logprobs) at the same step budget, and the teacher, scored in vLLM on the same
-  fresh held-out problems. Goal: KD at least as good as SFT, within 2 points.
+  fresh held-out problems. The student accuracies are means over `--seeds` seeds (listed per seed next
+  to them): a single seed of a small student says more about that seed than about the loss. Goal: KD at
+  least as good as SFT, within 2 points.
 
 Without `--run`, the traces come from a fresh generation run of the demo (the shipped teacher, 2000
 problems). `--quick` skips the two accuracy trainings.
@@ -165,17 +167,22 @@ def loader_rates(cfg, spec, files: list[str]) -> dict[str, float]:
             "packing_efficiency": local["efficiency"]}
 
 
-def accuracy_pair(run: str, storage: str, files: list[str], problems) -> dict:
+def accuracy_pair(run: str, storage: str, files: list[str], problems, seeds: int) -> dict:
+    """SFT-only and KD-only students at the demo's step budget, `seeds` of each (run.seed 0..seeds-1)."""
     from potstill.pipelines.distill.train_job import run_training
     from potstill.pipelines.eval_model import evaluate
 
-    out = {}
-    for key, loss in (("sft", {"loss": {"sft_weight": 1.0, "kd_weight": 0.0}}), ("kd", {"loss": {"sft_weight": 0.0, "kd_weight": 1.0}})):
-        cfg = training_config(run, storage, f"bench-{key}")
-        cfg = cfg.model_copy(update={"loss": cfg.loss.model_copy(update=loss["loss"])})
-        summary = run_training(cfg)
-        out[key] = {"steps": summary["steps"], "accuracy": evaluate(summary["student"], problems)["accuracy"]}
-        print(f"[bench] {key}: {out[key]}", file=sys.stderr, flush=True)
+    out: dict = {"sft": {"accuracy": []}, "kd": {"accuracy": []}}
+    for seed in range(seeds):
+        for key, loss in (("sft", {"sft_weight": 1.0, "kd_weight": 0.0}), ("kd", {"sft_weight": 0.0, "kd_weight": 1.0})):
+            cfg = training_config(run, storage, f"bench-{key}-{seed}")
+            cfg = cfg.model_copy(update={"loss": cfg.loss.model_copy(update=loss),
+                                         "run": cfg.run.model_copy(update={"seed": seed})})
+            summary = run_training(cfg)
+            out[key]["steps"] = summary["steps"]
+            out[key]["accuracy"].append(evaluate(summary["student"], problems)["accuracy"])
+            print(f"[bench] {key} seed {seed}: {out[key]['accuracy'][-1]} after {summary['steps']} steps",
+                  file=sys.stderr, flush=True)
     return out
 
 
@@ -185,6 +192,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=2, help="Timed epochs per framework and round.")
     parser.add_argument("--rounds", type=int, default=3, help="Alternating plain/Ray timing rounds.")
     parser.add_argument("--quick", action="store_true", help="Skip the SFT/KD accuracy trainings.")
+    parser.add_argument("--seeds", type=int, default=3, help="Seeds per SFT/KD student (accuracies are their mean).")
     args = parser.parse_args(argv)
 
     from potstill.pipelines.commit import committed_data_files
@@ -229,9 +237,11 @@ def main(argv: list[str] | None = None) -> None:
     }
     if not args.quick:
         problems = load_eval_prompts("arithmetic:200", exclude=trained_questions(files))
-        pair = accuracy_pair(run, str(work / "ckpt"), files, problems)
-        result.update(student_acc_sft=pair["sft"]["accuracy"], student_acc_kd=pair["kd"]["accuracy"],
+        pair = accuracy_pair(run, str(work / "ckpt"), files, problems, args.seeds)
+        result.update(student_acc_sft=statistics.mean(pair["sft"]["accuracy"]),
+                      student_acc_kd=statistics.mean(pair["kd"]["accuracy"]),
                       teacher_acc=evaluate("potstill:arithmetic-teacher", problems)["accuracy"],
+                      student_acc_sft_per_seed=pair["sft"]["accuracy"], student_acc_kd_per_seed=pair["kd"]["accuracy"],
                       accuracy_steps=pair["sft"]["steps"], eval_problems=len(problems))
     result["machine"] = {"cpus": os.cpu_count(), "workers": WORKERS, "torch_threads_per_worker": 1,
                          "load_avg_1m_at_end": round(os.getloadavg()[0], 1)}
