@@ -84,6 +84,9 @@ def train_func(config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
     device = ray.train.torch.get_device()
+    # Ray does not always set OMP_NUM_THREADS in train workers (it was unset under `potstill demo`); torch then
+    # computes on every core in every worker, and two workers on 2 cores ran 4 busy threads against each other.
+    torch.set_num_threads(max(1, int(cfg.scaling.cpus_per_worker)))
     board = config["board"] if rank == 0 else None
     tokenizer = load_tokenizer(spec.tokenizer_path)
     model = load_student(cfg.student, tokenizer, max_positions=cfg.packing.max_tokens, seed=cfg.run.seed)

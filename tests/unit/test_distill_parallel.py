@@ -110,6 +110,7 @@ SCRIPT = textwrap.dedent("""
             json.dump({"loss": m["loss"], "grad_norm": m["grad_norm"],
                        "params": {k: v.float().sum().item() for k, v in sd.items()}}, open(out, "w"))
         if world > 1:
+            dist.barrier()  # no rank tears gloo down while the other still talks to it (std::terminate in teardown)
             dist.destroy_process_group()
 
     if __name__ == "__main__":
