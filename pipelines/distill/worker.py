@@ -57,6 +57,15 @@ def _quiet_reports() -> None:
         pass
 
 
+def prefetch_batches(device: Any) -> int:
+    """Batches Ray Data prepares ahead in background threads: 2 while an accelerator computes, none on CPU.
+
+    A CPU worker computes on the very cores those threads would use: in the training benchmark (2 workers on 2
+    cores) the median step took 63.3-64.8 ms with prefetching (one run of 3 rounds) and 58.8-62.3 ms with each
+    batch fetched between steps (three runs, 8 rounds)."""
+    return 0 if device.type == "cpu" else 2
+
+
 def _autocast(precision: str, device: Any) -> Any:
     import torch
 
@@ -119,9 +128,10 @@ def train_func(config: dict[str, Any]) -> None:
         epoch_batches = FollowSource(state, reader, spec, device, watcher, poll_s=cfg.data.follow_poll_s, on_wait=on_wait)
     else:
         shard = ray.train.get_dataset_shard("train")
+        prefetch = prefetch_batches(device)
 
         def epoch_batches(epoch: int, skip: int) -> Any:
-            batches = shard.iter_batches(batch_size=cfg.run.micro_batch_size, batch_format="numpy", prefetch_batches=2,
+            batches = shard.iter_batches(batch_size=cfg.run.micro_batch_size, batch_format="numpy", prefetch_batches=prefetch,
                                          local_shuffle_buffer_size=SHUFFLE_BUFFER_ROWS,
                                          local_shuffle_seed=cfg.run.seed * 1000 + epoch * 10 + rank)
             return skip_consumed(batches, skip)
