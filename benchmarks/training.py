@@ -9,7 +9,8 @@ Prints one JSON object of same-run measurements.
   excluded: only the step is timed), over `--rounds` alternating runs of each. The Ray side runs
   `potstill train`'s default path: `--epochs` epochs over the packed dataset, materialized before the
   workers start (with `run.max_steps` set, Ray Data would pack while the workers train, competing
-  with them for this machine's 2 cores). Goal <= 1.05.
+  with them for this machine's 2 cores). Goal <= 1.05. `step_ms_plain_torch_without_ray_running` is one more
+  plain round after Ray has shut down: the plain rounds run beside the idle Ray cluster, as the Ray rounds do.
 - `packing_efficiency`: document tokens / all positions of the packed training rows. Goal >= 0.95.
 - `loader_headroom`: positions/s one core of loader delivers (read Parquet -> filter -> tokenize -> pack ->
   micro-batches: the function both the Ray Data pipeline and the follow-mode reader run; warm), divided by
@@ -243,6 +244,12 @@ def main(argv: list[str] | None = None) -> None:
                       teacher_acc=evaluate("potstill:arithmetic-teacher", problems)["accuracy"],
                       student_acc_sft_per_seed=pair["sft"]["accuracy"], student_acc_kd_per_seed=pair["kd"]["accuracy"],
                       accuracy_steps=pair["sft"]["steps"], eval_problems=len(problems))
+    # The plain rounds above ran beside the idle Ray cluster (raylet, GCS, dashboard, Ray Data's actors); on a
+    # machine with one core per worker their wake-ups cost the step too. One more round without it shows how much.
+    import ray
+
+    ray.shutdown()
+    result["step_ms_plain_torch_without_ray_running"] = round(plain_torch_step_s(timing, spec, files, steps) * 1e3, 1)
     result["machine"] = {"cpus": os.cpu_count(), "workers": WORKERS, "torch_threads_per_worker": 1,
                          "load_avg_1m_at_end": round(os.getloadavg()[0], 1)}
     print(json.dumps(result))
