@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from potstill.cli.demo import summary_lines
 from potstill.pipelines import demo
 from potstill.schemas import GenerationConfig, load_config
@@ -18,7 +16,6 @@ from potstill.schemas.training import TrainingConfig
 
 
 def test_demo_configs_make_a_smaller_servable_student() -> None:
-    pytest.importorskip("torch")
     from potstill.pipelines.distill.student import build_student, load_tokenizer
     from potstill.pipelines.eval_model import count_parameters
 

@@ -27,12 +27,13 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
 N = 4
+DIGITS, PROMPT_SEED = 3, 1234
 
 
 def arithmetic_config(out: str, run_id: str, count: int = 200, per_shard: int = 25, storage: StorageConfig | None = None):
     return GenerationConfig.model_validate({
         "run_id": run_id,
-        "prompts": {"arithmetic": {"count": count, "digits": 3, "seed": 1234}},
+        "prompts": {"arithmetic": {"count": count, "digits": DIGITS, "seed": PROMPT_SEED}},
         "teacher": {"model": "potstill:arithmetic-teacher", "dtype": "float32", "max_model_len": 256},
         "sampling": {"n": N, "temperature": 0.6, "max_tokens": 192, "logprobs": 4},
         "verify": {"method": "math"},
@@ -87,7 +88,7 @@ def test_verified_fraction_tracks_the_teachers_accuracy(clean_run):
     uri, storage, _ = clean_run
     rows = read_rows(uri, storage)
     verified = sum(r["verified"] is True for r in rows) / len(rows)
-    teacher = run_teacher_demo(n=200, seed=1234)  # greedy, same held-out problems, separate engine
+    teacher = run_teacher_demo(n=200, seed=PROMPT_SEED)  # greedy, same held-out problems, separate engine
     assert abs(verified - teacher["accuracy"]) <= 0.05, (verified, teacher["accuracy"])
 
 
@@ -123,7 +124,7 @@ def test_resume_after_the_driver_is_killed(tmp_path, clean_run):
     # Faults are not part of the run's fingerprint: the re-run below, without them, resumes the same run.
     first = json.loads(config.read_text())
     first["faults"] = {"rules": [{"action": "hang", "marker": question} for question, _ in
-                                 (fresh_problems(200, 3, seed=1234)[s * 25] for s in range(2, 8))]}
+                                 (fresh_problems(200, DIGITS, seed=PROMPT_SEED)[s * 25] for s in range(2, 8))]}
     first_config = tmp_path / "gen-first.yaml"
     first_config.write_text(json.dumps(first))
     proc = _generate_cli(first_config, out, "resume")

@@ -132,7 +132,6 @@ def test_empty_batch_has_no_labels() -> None:
 
 
 def test_follow_trains_round_by_round_until_success_and_resumes_by_counting(teacher_dir: Path, tmp_path: Path) -> None:
-    pytest.importorskip("torch")
     import threading
 
     import torch

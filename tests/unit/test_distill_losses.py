@@ -4,12 +4,11 @@ masked positions and padded top-k entries contribute nothing."""
 from __future__ import annotations
 
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-
-from potstill.pipelines.distill.losses import distill_loss, kd_loss_sum, sft_loss_sum  # noqa: E402
-from potstill.pipelines.distill.tokenize import IGNORE_INDEX  # noqa: E402
-from potstill.schemas.training import LossConfig  # noqa: E402
+from potstill.pipelines.distill.losses import distill_loss, kd_loss_sum, sft_loss_sum
+from potstill.pipelines.distill.tokenize import IGNORE_INDEX
+from potstill.schemas.training import LossConfig
 
 V, K = 11, 4
 

@@ -14,14 +14,13 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-
-from potstill.pipelines.distill.checkpointing import HF_SUBDIR, restore_checkpoint, save_checkpoint  # noqa: E402
-from potstill.pipelines.distill.faults import FAULT_ENV, InjectedFault, fault_from_env, maybe_fail  # noqa: E402
-from potstill.pipelines.distill.schedule import build_scheduler  # noqa: E402
-from potstill.pipelines.distill.train_loop import LoopState  # noqa: E402
-from potstill.schemas.training import OptimConfig  # noqa: E402
+from potstill.pipelines.distill.checkpointing import HF_SUBDIR, restore_checkpoint, save_checkpoint
+from potstill.pipelines.distill.faults import FAULT_ENV, InjectedFault, fault_from_env, maybe_fail
+from potstill.pipelines.distill.schedule import build_scheduler
+from potstill.pipelines.distill.train_loop import LoopState
+from potstill.schemas.training import OptimConfig
 
 
 def _model(seed: int = 0):

@@ -27,7 +27,7 @@ def test_no_warmup_starts_at_the_peak() -> None:
 
 
 def test_torch_scheduler_follows_the_multiplier() -> None:
-    torch = pytest.importorskip("torch")
+    import torch
     cfg = OptimConfig(lr=0.1, warmup_steps=3, schedule="cosine")
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
     sched = build_scheduler(opt, cfg, total_steps=20)

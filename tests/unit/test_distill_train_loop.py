@@ -7,14 +7,13 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-
-from potstill.pipelines.distill.packing import pack  # noqa: E402
-from potstill.pipelines.distill.schedule import build_scheduler  # noqa: E402
-from potstill.pipelines.distill.tokenize import IGNORE_INDEX, TokenizedTrace  # noqa: E402
-from potstill.pipelines.distill.train_loop import LoopPlan, LoopState, run_loop, skip_consumed, to_device, train_step  # noqa: E402
-from potstill.schemas.training import LossConfig, OptimConfig  # noqa: E402
+from potstill.pipelines.distill.packing import pack
+from potstill.pipelines.distill.schedule import build_scheduler
+from potstill.pipelines.distill.tokenize import IGNORE_INDEX, TokenizedTrace
+from potstill.pipelines.distill.train_loop import LoopPlan, LoopState, run_loop, skip_consumed, to_device, train_step
+from potstill.schemas.training import LossConfig, OptimConfig
 
 
 def _model():

@@ -310,9 +310,8 @@ def test_real_datasets(name, fields, rows):
 
 
 def test_arithmetic_prompts():
-    arithmetic = pytest.importorskip("potstill.pipelines.arithmetic")
-    if not hasattr(arithmetic, "fresh_problems"):
-        pytest.skip("potstill.pipelines.arithmetic.fresh_problems is not written yet")
+    from potstill.pipelines import arithmetic
+
     records, report = _ingest(arithmetic={"count": 20, "digits": 3, "seed": 7}, system_prompt="Add.")
     problems = arithmetic.fresh_problems(20, 3, 7)
     assert report.counts() == {"rows_read": 20, "valid": 20, "invalid": 0, "duplicates": 0}
