@@ -9,6 +9,11 @@ The default 4096 prompts keep each timed run to tens of seconds: at 512 it
 lasts about two, so the ratio would mostly measure the pipeline's fixed
 latencies (first dispatch, the last shard's write and commit), not its
 throughput.
+
+`pipeline_vs_bare_vllm_beside_idle_ray` divides by plain vLLM measured again
+while the (idle) Ray cluster of the pipeline runs is still up: on a machine
+with few cores, Ray's own processes take a share of the engine's CPU, and
+this ratio shows what is left once both sides pay it.
 """
 
 from __future__ import annotations
@@ -166,6 +171,10 @@ def main() -> None:
         ensure_ray()
         pipe_skewed = pipeline(model, skewed, work, "skewed")
         pipe_uniform = pipeline(model, uniform, work, "uniform")
+        # Plain vLLM again, now beside the idle Ray cluster the pipeline ran in (raylet, GCS, dashboard, idle
+        # workers): on a small machine their wake-ups share the engine's cores; this separates that cost from
+        # the pipeline's own.
+        beside_ray = bare_vllm(model, {"skewed": (skewed, None), "uniform": (uniform, None)})
         ray.shutdown()
         result["pipeline_vs_bare_vllm_skewed"] = pipe_skewed / bare_skewed
         result["pipeline_vs_bare_vllm_uniform"] = pipe_uniform / bare_uniform
@@ -177,7 +186,10 @@ def main() -> None:
         result["controller_rss_10x_over_1x"] = c10 / c1
         result["tokens_per_s"] = {"pipeline_skewed": pipe_skewed, "bare_skewed": bare_skewed,
                                   "chunked_skewed": chunked_skewed, "pipeline_uniform": pipe_uniform,
-                                  "bare_uniform": bare_uniform}
+                                  "bare_uniform": bare_uniform, "bare_skewed_beside_idle_ray": beside_ray["skewed"],
+                                  "bare_uniform_beside_idle_ray": beside_ray["uniform"]}
+        result["pipeline_vs_bare_vllm_beside_idle_ray"] = {"skewed": pipe_skewed / beside_ray["skewed"],
+                                                           "uniform": pipe_uniform / beside_ray["uniform"]}
         result["peak_rss_mb"] = {"driver_1x": d1, "driver_10x": d10, "controller_1x": c1, "controller_10x": c10}
         result["prompts"] = args.prompts
     print(json.dumps(result, indent=None))
