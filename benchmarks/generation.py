@@ -1,7 +1,7 @@
 """Generation benchmarks: the full pipeline against plain vLLM, the writer against pyarrow,
 driver memory at 10x the prompts. Prints one JSON object of same-run ratios.
 
-    .venv/bin/python benchmarks/generation.py [--prompts 4096] [--rss-prompts 2000]
+    .venv/bin/python benchmarks/generation.py [--prompts 4096] [--rss-prompts 2000] [--rounds 2]
 
 Every ratio compares A and B measured in this run on this machine, on the
 same prompts and engine settings; engine start-up is excluded from both.
@@ -10,10 +10,11 @@ lasts about two, so the ratio would mostly measure the pipeline's fixed
 latencies (first dispatch, the last shard's write and commit), not its
 throughput.
 
-`pipeline_vs_bare_vllm_beside_idle_ray` divides by plain vLLM measured again
-while the (idle) Ray cluster of the pipeline runs is still up: on a machine
-with few cores, Ray's own processes take a share of the engine's CPU, and
-this ratio shows what is left once both sides pay it.
+The pipeline and plain vLLM alternate (`--rounds` pipeline rounds, one more
+of plain vLLM: before Ray starts, beside the idle Ray cluster between
+pipeline rounds, after Ray stops) and the ratios divide medians: on this
+shared machine two plain runs of one process differed by up to 12%.
+`tokens_per_s_rounds` lists every round.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import gc
 import json
 import os
 import random
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -156,40 +158,47 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=4096)
     parser.add_argument("--rss-prompts", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=2, help="Pipeline rounds; plain vLLM runs one more.")
     args = parser.parse_args()
     import ray
 
     from potstill.cluster.connect import ensure_ray
 
-    result: dict[str, float] = {}
+    result: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         model = build_random_llama(work / "model")
-        skewed, uniform = make_prompts(args.prompts, True, 0), make_prompts(args.prompts, False, 1)
-        bare = bare_vllm(model, {"skewed": (skewed, None), "chunked": (skewed, 64), "uniform": (uniform, None)})
-        bare_skewed, chunked_skewed, bare_uniform = bare["skewed"], bare["chunked"], bare["uniform"]
+        prompts = {"skewed": make_prompts(args.prompts, True, 0), "uniform": make_prompts(args.prompts, False, 1)}
+        both = {name: (rows, None) for name, rows in prompts.items()}
+        bare: dict[str, list[float]] = {"skewed": [], "uniform": []}
+        pipe: dict[str, list[float]] = {"skewed": [], "uniform": []}
+
+        def bare_round(runs) -> None:
+            for name, tokens_per_s in bare_vllm(model, runs).items():
+                bare.setdefault(name, []).append(tokens_per_s)
+
+        # Alternate plain vLLM and the pipeline, so a slow spell of this shared machine hits both alike:
+        # plain before Ray starts, beside the idle Ray cluster between pipeline rounds, and after Ray stops.
+        bare_round(both | {"chunked": (prompts["skewed"], 64)})
         ensure_ray()
-        pipe_skewed = pipeline(model, skewed, work, "skewed")
-        pipe_uniform = pipeline(model, uniform, work, "uniform")
-        # Plain vLLM again, now beside the idle Ray cluster the pipeline ran in (raylet, GCS, dashboard, idle
-        # workers): on a small machine their wake-ups share the engine's cores; this separates that cost from
-        # the pipeline's own.
-        beside_ray = bare_vllm(model, {"skewed": (skewed, None), "uniform": (uniform, None)})
+        for i in range(args.rounds):
+            if i:
+                bare_round(both)
+            for name, rows in prompts.items():
+                pipe[name].append(pipeline(model, rows, work, f"{name}-{i}"))
         ray.shutdown()
-        result["pipeline_vs_bare_vllm_skewed"] = pipe_skewed / bare_skewed
-        result["pipeline_vs_bare_vllm_uniform"] = pipe_uniform / bare_uniform
-        result["pipeline_vs_chunked_vllm_skewed"] = pipe_skewed / chunked_skewed
+        bare_round(both)
+        median = {f"{side}_{name}": statistics.median(runs[name])
+                  for side, runs in (("pipeline", pipe), ("bare", bare)) for name in prompts}
+        result["pipeline_vs_bare_vllm_skewed"] = median["pipeline_skewed"] / median["bare_skewed"]
+        result["pipeline_vs_bare_vllm_uniform"] = median["pipeline_uniform"] / median["bare_uniform"]
+        result["pipeline_vs_chunked_vllm_skewed"] = median["pipeline_skewed"] / bare["chunked"][0]
         result["writer_vs_pyarrow"] = writer_vs_pyarrow(work)
         d1, c1 = driver_rss(model, work, args.rss_prompts)
         d10, c10 = driver_rss(model, work, 10 * args.rss_prompts)
         result["driver_rss_10x_over_1x"] = d10 / d1
         result["controller_rss_10x_over_1x"] = c10 / c1
-        result["tokens_per_s"] = {"pipeline_skewed": pipe_skewed, "bare_skewed": bare_skewed,
-                                  "chunked_skewed": chunked_skewed, "pipeline_uniform": pipe_uniform,
-                                  "bare_uniform": bare_uniform, "bare_skewed_beside_idle_ray": beside_ray["skewed"],
-                                  "bare_uniform_beside_idle_ray": beside_ray["uniform"]}
-        result["pipeline_vs_bare_vllm_beside_idle_ray"] = {"skewed": pipe_skewed / beside_ray["skewed"],
-                                                           "uniform": pipe_uniform / beside_ray["uniform"]}
+        result["tokens_per_s_rounds"] = {"pipeline": pipe, "bare": bare}
         result["peak_rss_mb"] = {"driver_1x": d1, "driver_10x": d10, "controller_1x": c1, "controller_10x": c10}
         result["prompts"] = args.prompts
     print(json.dumps(result, indent=None))
