@@ -69,6 +69,7 @@ class TeacherConfig(StrictModel):
     tensor_parallel_size: int = Field(default=1, ge=1, description="GPUs per replica for tensor parallelism (one placement group bundle each).")
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1, description="Fraction of GPU memory vLLM may use.")
     max_num_seqs: int | None = Field(default=None, gt=0, description="Engine batch size cap (vLLM max_num_seqs).")
+    kv_cache_gib: float | None = Field(default=None, gt=0, description="KV cache size in GiB (vLLM kv_cache_memory_bytes). None: vLLM sizes it from gpu_memory_utilization, which on CPU claims that fraction of the machine's memory and refuses to start when less is free; set it for CPU runs and small models.")
     seed: int = Field(default=0, description="Engine seed (per-request seeds are not supported on CPU).")
     engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra vLLM engine arguments passed through verbatim.")
 
@@ -204,7 +205,7 @@ class GenerationConfig(StrictModel):
         """Hash of everything that determines the traces (not where they go, not the pool size)."""
         parts = {
             "prompts": self.prompts.model_dump(),
-            "teacher": self.teacher.model_dump(exclude={"gpu_memory_utilization", "max_num_seqs"}),
+            "teacher": self.teacher.model_dump(exclude={"gpu_memory_utilization", "max_num_seqs", "kv_cache_gib"}),
             "sampling": self.sampling.model_dump(),
             "verify": self.verify.model_dump(),
             "prompts_per_shard": self.output.prompts_per_shard,

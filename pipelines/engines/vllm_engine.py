@@ -67,6 +67,8 @@ class VllmEngine:
             args["max_model_len"] = t.max_model_len
         if t.max_num_seqs:
             args["max_num_seqs"] = t.max_num_seqs
+        if t.kv_cache_gib:
+            args["kv_cache_memory_bytes"] = int(t.kv_cache_gib * 2**30)
         if t.revision and not Path(self.model_path).is_dir():
             args["revision"] = t.revision
         args.update(t.engine_kwargs)

@@ -30,6 +30,12 @@ def test_readme_first_screen_has_exactly_two_commands_and_ci_runs_the_test_one()
     assert tests in ci, ".ci/run must run exactly the README's test command"
 
 
+def _user_env() -> dict[str, str]:
+    """The environment a new user runs the command in: no Ray address, none of the test suite's vLLM settings
+    (conftest.py sizes vLLM's CPU KV cache through VLLM_CPU_KVCACHE_SPACE; the demo must not need it)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("VLLM_")} | {"RAY_ADDRESS": ""}
+
+
 @pytest.mark.slow
 def test_readme_main_command_runs_the_whole_loop(tmp_path):
     """`potstill demo`: shipped teacher -> traces -> a smaller student (Ray Train, 2 CPU workers) -> accuracies."""
@@ -39,7 +45,7 @@ def test_readme_main_command_runs_the_whole_loop(tmp_path):
     cli = [sys.executable, "-m", "potstill.cli", *job[1:], "--out", str(tmp_path / "out"), "--json"]
     started = time.time()
     out = subprocess.run(cli, cwd=REPO, capture_output=True, text=True, timeout=1200,
-                         env=dict(os.environ, RAY_ADDRESS=""))
+                         env=_user_env())
     assert out.returncode == 0, out.stderr[-3000:]
     summary = last_json_line(out.stdout)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == summary  # --json: the last line is the summary
