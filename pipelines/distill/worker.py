@@ -61,8 +61,8 @@ def prefetch_batches(device: Any) -> int:
     """Batches Ray Data prepares ahead in background threads: 2 while an accelerator computes, none on CPU.
 
     A CPU worker computes on the very cores those threads would use: in the training benchmark (2 workers on 2
-    cores) the median step took 63.3-64.8 ms with prefetching (one run of 3 rounds) and 58.8-62.3 ms with each
-    batch fetched between steps (three runs, 8 rounds)."""
+    cores) the median step took 63.3-64.8 ms with prefetching (one run, 3 rounds) and 61.1-62.3 ms with each
+    batch fetched between steps (two runs, 5 rounds)."""
     return 0 if device.type == "cpu" else 2
 
 
