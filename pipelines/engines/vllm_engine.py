@@ -8,12 +8,17 @@ barrier. Concurrency comes from the caller (a replica actor awaiting many
 
 from __future__ import annotations
 
+import logging
+import os
 from pathlib import Path
 from typing import Any
 
+from potstill.pipelines.engines.cpu_affinity import keep_frontend_off_worker_cores
 from potstill.pipelines.engines.protocol import EngineFailure, Generation, Sample
 from potstill.pipelines.model_assets import resolve_model, teacher_revision
 from potstill.schemas.generation import SamplingConfig, TeacherConfig
+
+log = logging.getLogger(__name__)
 
 _FINISH_REASONS = {"stop", "length", "abort"}
 
@@ -87,6 +92,11 @@ class VllmEngine:
         # H100: 1024 and 16384), not the async engine's serving defaults (128 and 2048), which halve the batch.
         self._llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**args), usage_context=UsageContext.LLM_CLASS)
         self.batch_capacity = self._llm.vllm_config.scheduler_config.max_num_seqs
+        if self._llm.vllm_config.device_config.device_type == "cpu":
+            moved = keep_frontend_off_worker_cores(os.getpid())
+            if moved:
+                log.info("vLLM's model worker computes on cores %s; its frontend now runs on %s",
+                         moved["worker_cores"], moved["frontend_cores"])
         s = self.sampling
         self._params = SamplingParams(
             temperature=s.temperature, top_p=s.top_p, top_k=s.top_k, min_p=s.min_p,

@@ -1,0 +1,54 @@
+"""The real vLLM CPU engine behind `VllmEngine`: longest-first scheduling and the frontend's CPU placement.
+
+The engine runs in a fresh interpreter: it pins its own process's threads,
+which must not slow the tests that run after it in this one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+SCRIPT = textwrap.dedent("""
+    import asyncio, json, os
+    from potstill.pipelines.engines.vllm_engine import VllmEngine
+    from potstill.pipelines.engines.cpu_affinity import descendants, process_name
+    from potstill.schemas.generation import SamplingConfig, TeacherConfig
+
+    async def main():
+        engine = VllmEngine(TeacherConfig(kv_cache_gib=0.5, max_model_len=512), SamplingConfig(temperature=0.0, max_tokens=64))
+        await engine.start()
+        ids = engine.encode_chats([[{"role": "user", "content": "What is 12 + 30?"}]] * 3)
+        gens = await asyncio.gather(*(engine.generate(x, 1, f"r{i}", max_tokens=m) for i, (x, m) in enumerate(zip(ids, (8, 64, 32)))))
+        workers = [p for p in descendants(os.getpid()) if process_name(p).startswith("VLLM::Worker")]
+        out = {"lengths": [len(g.samples[0].token_ids) for g in gens], "texts": [g.samples[0].text for g in gens],
+               "self": sorted(os.sched_getaffinity(0)), "worker": sorted(os.sched_getaffinity(workers[0])),
+               "policy": engine._llm.vllm_config.scheduler_config.policy}
+        await engine.shutdown()
+        print("RESULT " + json.dumps(out), flush=True)
+
+    asyncio.run(main())
+""")
+
+
+def test_longest_first_generates_every_budget_and_the_frontend_leaves_the_workers_cores():
+    proc = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=600)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
+    result = json.loads(lines[-1].removeprefix("RESULT "))
+    assert result["policy"] == "priority"
+    # Greedy: the same prompt gives the same text, cut at each request's own budget (or its end).
+    short, long_, mid = result["texts"]
+    assert long_.startswith(mid) and mid.startswith(short)
+    assert result["lengths"][0] <= 8 and result["lengths"][2] <= 32
+    allowed = os.sched_getaffinity(0)
+    if len(allowed) >= 2:
+        assert not set(result["self"]) & set(result["worker"]), result
+        assert set(result["self"]) | set(result["worker"]) <= allowed
