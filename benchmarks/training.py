@@ -6,7 +6,8 @@ Prints one JSON object of same-run measurements.
 - `ray_train_vs_plain_torch`: median optimizer-step time of the distillation loop (`run_loop`/`train_step`)
   under a TorchTrainer with 2 gloo workers, divided by the median of the very same loop under
   torch.distributed with 2 gloo processes and no Ray (same model, data, batch, step count; setup
-  excluded: only the step is timed), over `--rounds` alternating runs of each. The Ray side runs
+  excluded: only the step is timed; each worker bound to a core of its own on both sides, as
+  `scaling.bind_cpu_cores` does), over `--rounds` alternating runs of each. The Ray side runs
   `potstill train`'s default path: `--epochs` epochs over the packed dataset, materialized before the
   workers start (with `run.max_steps` set, Ray Data would pack while the workers train, competing
   with them for this machine's 2 cores). Goal <= 1.05. `step_ms_plain_torch_without_ray_running` is one more
@@ -70,6 +71,7 @@ def _plain_worker(rank: int, port: int, cfg_json: str, spec_json: str, files: li
     import torch
     import torch.distributed as dist
 
+    from potstill.pipelines.distill.cpu_binding import bind_worker
     from potstill.pipelines.distill.follow import equalized
     from potstill.pipelines.distill.local_reader import LocalReader, PackSpec
     from potstill.pipelines.distill.parallel import wrap_model
@@ -83,6 +85,8 @@ def _plain_worker(rank: int, port: int, cfg_json: str, spec_json: str, files: li
     torch.set_num_threads(1)  # what Ray gives a 1-CPU worker (OMP_NUM_THREADS=1)
     dist.init_process_group("gloo", rank=rank, world_size=WORKERS)
     cfg = TrainingConfig.model_validate_json(cfg_json)
+    if cfg.scaling.bind_cpu_cores:  # what worker.py does on CPU, after the process group exists
+        bind_worker(rank, WORKERS, cfg.scaling.cpus_per_worker)
     spec = PackSpec(**json.loads(spec_json))
     device = torch.device("cpu")
     model = wrap_model(load_student(cfg.student, load_tokenizer(spec.tokenizer_path), cfg.packing.max_tokens, cfg.run.seed),

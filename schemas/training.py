@@ -93,6 +93,7 @@ class TrainScalingConfig(StrictModel):
     num_workers: int = Field(default=2, ge=1, description="Training workers (one per GPU on a GPU cluster).")
     use_gpu: bool | None = Field(default=None, description="None: use GPUs when the cluster has them.")
     cpus_per_worker: float = Field(default=1, gt=0, description="CPUs per worker.")
+    bind_cpu_cores: bool = Field(default=True, description="CPU training (no GPU): bind each worker on a node to cores of its own (local rank x cpus_per_worker), when the node has that many. Turn off when other CPU-heavy work, e.g. a CPU teacher, shares the node.")
 
 
 class CheckpointConfig(StrictModel):

@@ -80,6 +80,7 @@ def train_func(config: dict[str, Any]) -> None:
     import ray.train.torch
     import torch
 
+    from potstill.pipelines.distill.cpu_binding import bind_worker
     from potstill.pipelines.distill.dataset import arrow_filesystem
     from potstill.pipelines.distill.local_reader import PackSpec
     from potstill.pipelines.distill.parallel import wrap_model
@@ -96,6 +97,8 @@ def train_func(config: dict[str, Any]) -> None:
     # Ray does not always set OMP_NUM_THREADS in train workers (it was unset under `potstill demo`); torch then
     # computes on every core in every worker, and two workers on 2 cores ran 4 busy threads against each other.
     torch.set_num_threads(max(1, int(cfg.scaling.cpus_per_worker)))
+    if device.type == "cpu" and cfg.scaling.bind_cpu_cores:
+        bind_worker(ctx.get_local_rank(), ctx.get_local_world_size(), cfg.scaling.cpus_per_worker)
     board = config["board"] if rank == 0 else None
     tokenizer = load_tokenizer(spec.tokenizer_path)
     model = load_student(cfg.student, tokenizer, max_positions=cfg.packing.max_tokens, seed=cfg.run.seed)
