@@ -2,10 +2,8 @@
 
     cores = worker_cores(local_rank=1, local_world_size=2, cpus_per_worker=1, allowed={0, 1})   # {1}
 
-Unbound, the kernel moves the training threads between cores and lets the
-Ray processes beside them (raylet, actors, idle workers) interrupt both
-workers alike; a DDP step then waits for the slower one. Bound to a core
-each, Ray Train's median step relative to the same loop under plain
+With 2 workers on 2 cores and Ray's own processes beside them, bound to a
+core each, Ray Train's median step relative to the same loop under plain
 torch.distributed fell from 1.137 to 1.077 and from 1.097 to 1.011 (2 workers on
 2 cores; two runs, each alternating 3 rounds of bound and unbound Ray Train and
 plain loops in one process). `benchmarks/training.py` binds its plain loop the
@@ -15,6 +13,8 @@ same way, so the comparison stays like for like.
 from __future__ import annotations
 
 import os
+
+from potstill.pipelines.cpu_affinity import pin_process
 
 
 def worker_cores(local_rank: int, local_world_size: int, cpus_per_worker: float, allowed: set[int]) -> set[int] | None:
@@ -28,8 +28,6 @@ def worker_cores(local_rank: int, local_world_size: int, cpus_per_worker: float,
 
 def bind_worker(local_rank: int, local_world_size: int, cpus_per_worker: float) -> set[int] | None:
     """Bind every thread of this process to its worker's cores; returns them (None: left unbound)."""
-    from potstill.pipelines.engines.cpu_affinity import pin_process
-
     if not hasattr(os, "sched_setaffinity"):
         return None
     cores = worker_cores(local_rank, local_world_size, cpus_per_worker, os.sched_getaffinity(0))

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from potstill.pipelines.engines.cpu_affinity import keep_frontend_off_worker_cores
+from potstill.pipelines.cpu_affinity import keep_frontend_off_worker_cores
 from potstill.pipelines.engines.protocol import EngineFailure, Generation, Sample
 from potstill.pipelines.model_assets import resolve_model, teacher_revision
 from potstill.schemas.generation import SamplingConfig, TeacherConfig

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 SCRIPT = textwrap.dedent("""
     import asyncio, json, os
     from potstill.pipelines.engines.vllm_engine import VllmEngine
-    from potstill.pipelines.engines.cpu_affinity import descendants, process_name
+    from potstill.pipelines.cpu_affinity import descendants, process_name
     from potstill.schemas.generation import SamplingConfig, TeacherConfig
 
     async def main():

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="CP
 
 SCRIPT = textwrap.dedent("""
     import json, multiprocessing as mp, os, sys, time
-    from potstill.pipelines.engines.cpu_affinity import keep_frontend_off_worker_cores
+    from potstill.pipelines.cpu_affinity import keep_frontend_off_worker_cores
 
     def child(name, cores, ready):
         with open("/proc/self/comm", "w") as f:

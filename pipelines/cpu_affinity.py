@@ -1,4 +1,5 @@
-"""CPU-only teachers: keep the engine's frontend processes off the cores vLLM binds its model worker to.
+"""CPU placement of processes through Linux /proc: pin a process's threads, and keep a CPU teacher's frontend
+off the cores vLLM binds its model worker to (`distill/cpu_binding.py` pins training workers with `pin_process`).
 
     moved = keep_frontend_off_worker_cores(os.getpid())   # after the engine has started; {} when nothing moved
 
