@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
-from typing import Any
+from typing import Any, TextIO
 
 import typer
 from rich.console import Console
@@ -24,26 +25,59 @@ def storage_from(endpoint_url: str | None) -> StorageConfig:
     return StorageConfig(endpoint_url=endpoint_url)
 
 
-def print_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, default=str) + "\n")
+_json_stream: TextIO | None = None  # the real stdout, once reserve_stdout_for_json moved descriptor 1
+
+
+def reserve_stdout_for_json() -> None:
+    """`--json`: from here on stdout carries only the summary object; everything else goes to stderr.
+
+    Ray forwards actor output to the driver's stdout from a background thread,
+    one `print` (two writes) per line, and vLLM's engine subprocesses log to
+    file descriptor 1. Left alone, a forwarded line can wrap the summary
+    (`(Replica pid=..) text{...}`), so descriptor 1 itself is pointed at stderr
+    and the summary keeps a private duplicate of the real stdout.
+    """
+    global _json_stream
+    if _json_stream is not None:
+        return
     sys.stdout.flush()
+    try:
+        out_fd, err_fd = sys.stdout.fileno(), sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # captured in-process (CliRunner): no descriptor to move
+        return
+    _json_stream = os.fdopen(os.dup(out_fd), "w", encoding="utf-8")
+    os.dup2(err_fd, out_fd)
+
+
+def print_json(obj: Any) -> None:
+    """One JSON object on its own line, in a single write, on the real stdout."""
+    stream = _json_stream or sys.stdout
+    stream.write(json.dumps(obj, default=str) + "\n")
+    stream.flush()
 
 
 EndpointOption = typer.Option(None, "--endpoint-url", help="S3 endpoint for s3:// URIs (MinIO, moto, ...).")
 
 
 def last_json_line(output: str | bytes) -> Any:
-    """The JSON object a `--json` command printed: its last line that parses as one.
+    """The JSON object a `--json` command printed: the last one that ends a line.
 
-    Ray forwards actor logs to the driver's stdout, and a few may arrive after
-    the summary, so callers must not assume it is the very last line.
+    For callers that read stdout and stderr merged (one log file): other
+    processes' lines may come after the summary, and a line one of them had
+    half written may sit in front of it, so neither "the last line" nor "a line
+    starting with {" is safe.
     """
     text = output.decode(errors="replace") if isinstance(output, bytes) else output
+    decoder = json.JSONDecoder()
     for line in reversed(text.splitlines()):
-        line = line.strip()
-        if line.startswith("{"):
+        line = line.rstrip()
+        start = line.find("{")
+        while start != -1:
             try:
-                return json.loads(line)
+                obj, end = decoder.raw_decode(line, start)
             except json.JSONDecodeError:
-                continue
+                obj, end = None, -1
+            if end == len(line) and isinstance(obj, dict):
+                return obj
+            start = line.find("{", start + 1)
     raise ValueError("no JSON object in the command's output")

@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from potstill.cli.common import console, fail, print_json
+from potstill.cli.common import console, fail, print_json, reserve_stdout_for_json
 
 
 def _generation_bar(disable: bool) -> tuple[Any, Any]:
@@ -43,9 +43,11 @@ def summary_lines(s: dict[str, Any]) -> list[str]:
 
 def demo(
     out: str = typer.Option("runs/demo", "--out", help="Output folder (traces/, train/); re-using it resumes every stage."),
-    json_out: bool = typer.Option(False, "--json", help="Print the summary as one JSON object (the last line)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the summary as one JSON object, alone on stdout."),
 ) -> None:
     """The whole loop on the shipped teacher: traces -> a smaller student (Ray Train, 2 CPU workers) -> accuracies."""
+    if json_out:
+        reserve_stdout_for_json()
     from potstill.cli.train import TrainBar
     from potstill.pipelines.demo import run_demo
 

@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from potstill.cli.common import EndpointOption, console, fail, print_json, storage_from
+from potstill.cli.common import EndpointOption, console, fail, print_json, reserve_stdout_for_json, storage_from
 
 
 def eval_model(
@@ -21,6 +21,8 @@ def eval_model(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object (accuracy, n, correct, sample, ...)."),
 ) -> None:
     """Generate with MODEL in vLLM on held-out PROMPTS, verify each answer, print the accuracy."""
+    if json_out:
+        reserve_stdout_for_json()
     from potstill.pipelines.eval_model import evaluate, load_eval_prompts
 
     if method not in ("math", "exact"):

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from potstill.cli.common import EndpointOption, console, print_json, storage_from
+from potstill.cli.common import EndpointOption, console, print_json, reserve_stdout_for_json, storage_from
 
 
 def gc(
@@ -21,6 +21,8 @@ def gc(
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Remove uncommitted attempts of a run; committed shards are never touched."""
+    if json_out:
+        reserve_stdout_for_json()
     from potstill.pipelines.commit import gc_run
 
     report = gc_run(out, storage_from(endpoint_url), dry_run=dry_run, min_age_s=min_age_s)

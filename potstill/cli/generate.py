@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 import typer
 
-from potstill.cli.common import console, fail, print_json
+from potstill.cli.common import console, fail, print_json, reserve_stdout_for_json
 
 
 def _summary_lines(s: dict[str, Any]) -> list[str]:
@@ -38,6 +38,8 @@ def generate(
     json_out: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
 ) -> None:
     """Generate verified reasoning traces from a teacher into committed Parquet shards."""
+    if json_out:
+        reserve_stdout_for_json()
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from potstill.pipelines.generate_job import run_generation

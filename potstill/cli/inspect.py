@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from potstill.cli.common import EndpointOption, console, fail, print_json, storage_from
+from potstill.cli.common import EndpointOption, console, fail, print_json, reserve_stdout_for_json, storage_from
 
 
 def inspect(
@@ -15,6 +15,8 @@ def inspect(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Print a run's totals, accepted fraction, token statistics and a sample trace."""
+    if json_out:
+        reserve_stdout_for_json()
     from potstill.pipelines.inspect_run import inspect_run
 
     try:

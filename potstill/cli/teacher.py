@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from potstill.cli.common import console, print_json
+from potstill.cli.common import console, print_json, reserve_stdout_for_json
 
 app = typer.Typer(help="The shipped arithmetic teacher.", no_args_is_help=True)
 
@@ -16,6 +16,8 @@ def demo(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object (accuracy, n, ...)."),
 ) -> None:
     """Ask the shipped teacher N fresh 3-digit additions in the real vLLM engine; print accuracy and a trace."""
+    if json_out:
+        reserve_stdout_for_json()
     from potstill.pipelines.teacher_demo import run_teacher_demo
 
     result = run_teacher_demo(n=n, seed=seed)

@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 import typer
 
-from potstill.cli.common import console, fail, print_json
+from potstill.cli.common import console, fail, print_json, reserve_stdout_for_json
 
 
 def summary_lines(s: dict[str, Any]) -> list[str]:
@@ -68,6 +68,8 @@ def train(
     json_out: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
 ) -> None:
     """Distill a student from committed traces with Ray Train; re-running the same name resumes."""
+    if json_out:
+        reserve_stdout_for_json()
     from potstill.pipelines.distill.train_job import run_training
     from potstill.schemas import ConfigError, load_config
     from potstill.schemas.training import TrainingConfig
