@@ -4,6 +4,12 @@ Every `generate` call is an independent request: new requests enter the
 running batch as others finish, so there is never a synchronous batch
 barrier. Concurrency comes from the caller (a replica actor awaiting many
 `generate` calls at once). vllm is imported only in `start()`.
+
+Unless stop strings need vLLM's running text, vLLM's per-token
+detokenization is off and each finished sample is decoded once
+(`decode_completion`): with top-20 logprobs, which vLLM would otherwise turn
+into strings token by token, the uniform generation run went from 6080 to
+15148 output tokens/s on 2 CPU cores (6046 and 15244 in a second round).
 """
 
 from __future__ import annotations
@@ -21,6 +27,9 @@ from potstill.schemas.generation import SamplingConfig, TeacherConfig
 log = logging.getLogger(__name__)
 
 _FINISH_REASONS = {"stop", "length", "abort"}
+PROMPT_CONTEXT_TOKENS = 8
+"""Prompt tokens decoded in front of a completion, so its first token reads as it does after the prompt."""
+_REPLACEMENT = "\ufffd"  # what a decoder makes of a character's bytes cut short
 
 
 def _topk_from_flat(flat: Any, k: int) -> tuple[list[list[int]], list[list[float]]]:
@@ -41,6 +50,31 @@ def _topk_from_flat(flat: Any, k: int) -> tuple[list[list[int]], list[list[float
     return ids_out, lps_out
 
 
+def decode_completion(decoder: Any, prompt_token_ids: list[int], token_ids: list[int]) -> str:
+    """The text vLLM's incremental detokenizer (a decode stream primed with the prompt) makes of `token_ids`,
+    in two `tokenizers.Tokenizer.decode` calls.
+
+    The completion is decoded behind the prompt's last tokens and their text cut off: decoded alone, a
+    SentencePiece completion would lose the space its first token starts with. A prompt that ends inside a
+    character (byte-level tokens) leaves that character whole to the completion.
+    """
+    context = prompt_token_ids[-PROMPT_CONTEXT_TOKENS:]
+    head = decoder.decode(context, skip_special_tokens=True).rstrip(_REPLACEMENT)
+    full = decoder.decode(context + token_ids, skip_special_tokens=True)
+    if full.startswith(head):
+        return full[len(head):]
+    return decoder.decode(token_ids, skip_special_tokens=True)
+
+
+def text_token_ids(out: Any) -> list[int]:
+    """The ids of a vLLM `CompletionOutput` its detokenizer turns into text: all but the token that stopped
+    the sample (EOS or one of `stop_token_ids`; `stop_reason` holds a string only for stop strings)."""
+    ids = list(out.token_ids)
+    if out.finish_reason == "stop" and not isinstance(out.stop_reason, str) and ids:
+        return ids[:-1]
+    return ids
+
+
 class VllmEngine:
     """`TeacherEngine` over vLLM's AsyncLLM."""
 
@@ -53,6 +87,7 @@ class VllmEngine:
         self._llm = None
         self._tokenizer = None
         self._params = None
+        self._decoder = None
         self._params_cache: dict[tuple[int, int | None], Any] = {}
         self.batch_capacity: int | None = None
 
@@ -98,10 +133,15 @@ class VllmEngine:
                 log.info("vLLM's model worker computes on cores %s; its frontend now runs on %s",
                          moved["worker_cores"], moved["frontend_cores"])
         s = self.sampling
+        # vLLM detokenizes every running sequence token by token (and every top-k logprob token) in this
+        # process; a finished sample decoded once costs a fraction of that. Stop strings are matched on
+        # the text as it grows, so with them vLLM keeps detokenizing.
+        self._decoder = None if s.stop else getattr(self._tokenizer, "backend_tokenizer", None)
         self._params = SamplingParams(
             temperature=s.temperature, top_p=s.top_p, top_k=s.top_k, min_p=s.min_p,
             max_tokens=s.max_tokens, stop=s.stop or None, logprobs=s.logprobs or None,
             flat_logprobs=bool(s.logprobs), ignore_eos=s.ignore_eos, output_kind=RequestOutputKind.FINAL_ONLY,
+            detokenize=self._decoder is None,
         )
 
     def load_tokenizer(self) -> None:
@@ -150,7 +190,8 @@ class VllmEngine:
             if self.sampling.logprobs and out.logprobs is not None:
                 topk_ids, topk_lps = _topk_from_flat(out.logprobs, self.sampling.logprobs)
             reason = out.finish_reason if out.finish_reason in _FINISH_REASONS else "error"
-            samples.append(Sample(out.text, list(out.token_ids), reason, topk_ids, topk_lps))
+            text = out.text if self._decoder is None else decode_completion(self._decoder, prompt_token_ids, text_token_ids(out))
+            samples.append(Sample(text, list(out.token_ids), reason, topk_ids, topk_lps))
         return Generation(prompt_tokens=len(prompt_token_ids), samples=samples)
 
     def _priority(self, params: Any) -> int:

@@ -1,4 +1,5 @@
-"""The real vLLM CPU engine behind `VllmEngine`: longest-first scheduling and the frontend's CPU placement.
+"""The real vLLM CPU engine behind `VllmEngine`: longest-first scheduling, the frontend's CPU placement, and
+completions decoded once (vLLM's per-token detokenizer off) reading exactly as vLLM's own text.
 
 The engine runs in a fresh interpreter: it pins its own process's threads,
 which must not slow the tests that run after it in this one.
@@ -28,9 +29,15 @@ SCRIPT = textwrap.dedent("""
         ids = engine.encode_chats([[{"role": "user", "content": "What is 12 + 30?"}]] * 3)
         gens = await asyncio.gather(*(engine.generate(x, 1, f"r{i}", max_tokens=m) for i, (x, m) in enumerate(zip(ids, (8, 64, 32)))))
         workers = [p for p in descendants(os.getpid()) if process_name(p).startswith("VLLM::Worker")]
+        from vllm.inputs import tokens_input
+        detokenized = engine._params_for(1, 64).clone()
+        detokenized.detokenize = True
+        async for final in engine._llm.generate(tokens_input(ids[1]), detokenized, "detokenized-by-vllm"):
+            pass
         out = {"lengths": [len(g.samples[0].token_ids) for g in gens], "texts": [g.samples[0].text for g in gens],
                "self": sorted(os.sched_getaffinity(0)), "worker": sorted(os.sched_getaffinity(workers[0])),
-               "policy": engine._llm.vllm_config.scheduler_config.policy}
+               "policy": engine._llm.vllm_config.scheduler_config.policy,
+               "vllm_detokenizes": engine._params.detokenize, "vllm_text": final.outputs[0].text}
         await engine.shutdown()
         print("RESULT " + json.dumps(out), flush=True)
 
@@ -38,7 +45,7 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_longest_first_generates_every_budget_and_the_frontend_leaves_the_workers_cores():
+def test_longest_first_every_budget_frontend_off_the_workers_cores_and_text_as_vllm_decodes_it():
     proc = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=600)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, proc.stderr[-3000:]
@@ -48,6 +55,7 @@ def test_longest_first_generates_every_budget_and_the_frontend_leaves_the_worker
     short, long_, mid = result["texts"]
     assert long_.startswith(mid) and mid.startswith(short)
     assert result["lengths"][0] <= 8 and result["lengths"][2] <= 32
+    assert not result["vllm_detokenizes"] and long_ and result["vllm_text"] == long_
     allowed = os.sched_getaffinity(0)
     if len(allowed) >= 2:
         assert not set(result["self"]) & set(result["worker"]), result
