@@ -190,7 +190,10 @@ class VllmEngine:
             if self.sampling.logprobs and out.logprobs is not None:
                 topk_ids, topk_lps = _topk_from_flat(out.logprobs, self.sampling.logprobs)
             reason = out.finish_reason if out.finish_reason in _FINISH_REASONS else "error"
-            text = out.text if self._decoder is None else decode_completion(self._decoder, prompt_token_ids, text_token_ids(out))
+            if self._decoder is None:
+                text = out.text
+            else:
+                text = decode_completion(self._decoder, prompt_token_ids, text_token_ids(out))
             samples.append(Sample(text, list(out.token_ids), reason, topk_ids, topk_lps))
         return Generation(prompt_tokens=len(prompt_token_ids), samples=samples)
 
