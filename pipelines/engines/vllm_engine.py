@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from potstill.pipelines.cpu_affinity import keep_frontend_off_worker_cores
+from potstill.pipelines.engines.cpu_memory import check_cpu_memory
 from potstill.pipelines.engines.protocol import EngineFailure, Generation, Sample
 from potstill.pipelines.model_assets import resolve_model, teacher_revision
 from potstill.schemas.generation import SamplingConfig, TeacherConfig
@@ -117,11 +118,14 @@ class VllmEngine:
 
     async def start(self) -> None:
         from vllm import AsyncEngineArgs, SamplingParams
+        from vllm.platforms import current_platform
         from vllm.sampling_params import RequestOutputKind
         from vllm.usage.usage_lib import UsageContext
         from vllm.v1.engine.async_llm import AsyncLLM
 
         args = self.engine_args()
+        if current_platform.is_cpu():
+            check_cpu_memory(args)
         self.load_tokenizer()
         # Offline batch generation: vLLM's LLM-class batch defaults (CPU: 256 sequences and 4096 tokens a step,
         # H100: 1024 and 16384), not the async engine's serving defaults (128 and 2048), which halve the batch.

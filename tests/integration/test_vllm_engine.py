@@ -1,5 +1,6 @@
-"""The real vLLM CPU engine behind `VllmEngine`: longest-first scheduling, the frontend's CPU placement, and
-completions decoded once (vLLM's per-token detokenizer off) reading exactly as vLLM's own text.
+"""The real vLLM CPU engine behind `VllmEngine`: longest-first scheduling, the frontend's CPU placement,
+completions decoded once (vLLM's per-token detokenizer off) reading exactly as vLLM's own text, and a
+memory claim that cannot fit refused with the field to change.
 
 The engine runs in a fresh interpreter: it pins its own process's threads,
 which must not slow the tests that run after it in this one.
@@ -60,3 +61,22 @@ def test_longest_first_every_budget_frontend_off_the_workers_cores_and_text_as_v
     if len(allowed) >= 2:
         assert not set(result["self"]) & set(result["worker"]), result
         assert set(result["self"]) | set(result["worker"]) <= allowed
+
+
+def test_a_cpu_memory_claim_that_cannot_fit_is_refused_naming_the_field_before_vllm_starts():
+    script = textwrap.dedent("""
+        import asyncio
+        from potstill.pipelines.engines.vllm_engine import VllmEngine
+        from potstill.schemas.generation import SamplingConfig, TeacherConfig
+        try:
+            asyncio.run(VllmEngine(TeacherConfig(gpu_memory_utilization=1.0, max_model_len=256), SamplingConfig()).start())
+        except ValueError as exc:
+            print("REFUSED " + str(exc), flush=True)
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "VLLM_CPU_KVCACHE_SPACE"}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env)
+    refused = [line for line in proc.stdout.splitlines() if line.startswith("REFUSED ")]
+    assert proc.returncode == 0 and refused, proc.stderr[-3000:]
+    # All of a node's memory is never free: vLLM's worker would fail after loading, with its own flag names.
+    assert "teacher.kv_cache_gib is not set" in refused[0] and "teacher.gpu_memory_utilization (1.0)" in refused[0]
+    assert "EngineCore" not in proc.stderr  # refused before vLLM started its engine process
