@@ -19,6 +19,7 @@ from potstill.pipelines.engines.faulty import FaultPlan, crash_before_commit
 from potstill.pipelines.plan import WorkUnit
 from potstill.pipelines.redact import configure_logging
 from potstill.pipelines.shard_output import persist_unit
+from potstill.pipelines.shard_writer import warm_up as warm_up_writer
 from potstill.pipelines.storage import Storage
 from potstill.pipelines.unit_runner import UnitResult, UnitRunner
 from potstill.pipelines.verify import build_judge
@@ -47,7 +48,7 @@ class TeacherReplica:
         import ray
 
         if self._start_task is None:
-            self._start_task = asyncio.get_running_loop().create_task(self.engine.start())
+            self._start_task = asyncio.get_running_loop().create_task(self._start_once())
         try:
             await self._start_task
         except Exception as exc:
@@ -55,6 +56,10 @@ class TeacherReplica:
         return {"replica_id": self.replica_id, "pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id(),
                 "model": self.engine.model_name, "revision": self.engine.revision,
                 "batch_capacity": self.engine.batch_capacity}
+
+    async def _start_once(self) -> None:
+        await self.engine.start()
+        await asyncio.to_thread(warm_up_writer)
 
     async def process(self, unit: WorkUnit) -> ShardCommit:
         """Generate, verify, write and commit one unit's shard."""

@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+import textwrap
 import threading
 from datetime import datetime, timezone
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -67,6 +71,23 @@ def test_records_to_table_same_from_models_and_dicts():
     del rows[2]["answer"]
     with pytest.raises(ValueError, match="row 2 has no 'answer'"):
         records_to_table(rows)
+
+
+def test_after_warm_up_the_first_shard_table_imports_nothing():
+    # A fresh interpreter: this test process has long since imported whatever pyarrow loads lazily.
+    script = textwrap.dedent("""
+        import sys
+        from tests.unit.test_commit_local import trace_rows
+        from potstill.pipelines.shard_writer import records_to_table, warm_up
+        warm_up()
+        before = set(sys.modules)
+        records_to_table(trace_rows("000000-a"))
+        print(sorted(set(sys.modules) - before))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"
 
 
 def test_write_verify_commit_roundtrip(store):
