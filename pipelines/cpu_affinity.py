@@ -6,13 +6,21 @@ off the cores vLLM binds its model worker to (`distill/cpu_binding.py` pins trai
 vLLM's CPU backend binds the model worker's OpenMP threads to some cores and
 leaves the rest (`reserved_cpus` in its log) for everything else. A plain
 `LLM.generate` script has little else running, but a replica actor (this
-process: output handling, verification, shard writing) and vLLM's EngineCore
-process float over all cores, and the scheduler puts them on the worker's
-core as well: in the uniform generation benchmark on 2 cores the worker got
-0.84 of its core beside them and 0.98 under plain vLLM. Moving this process's
-threads and the EngineCore's onto the cores the worker does not use gives
-the forward pass its cores back. Linux only; a no-op when vLLM did not bind
-(its worker may use every core) or on machines with an accelerator.
+process: output handling, verification, shard writing) floats over all
+cores, and the scheduler puts it on the worker's core as well: in the
+uniform generation benchmark on 2 cores the worker got 0.84 of its core
+beside it and 0.98 under plain vLLM. Moving this process's threads onto the
+cores the worker does not use gives the forward pass its core back.
+
+vLLM's EngineCore process is left free. It is on the critical path of every
+step (it schedules, then busy-waits for the worker's result), and confined
+to the frontend's cores it waits behind the frontend: pinning it there too
+made the pipeline slower (2 cores, 3 alternating rounds, output tokens/s,
+both pinned against frontend only: uniform prompts [21091, 19949, 20286]
+against [21260, 20421, 20899], skewed [12142, 12316, 12494] against
+[12216, 12495, 12602]).
+Linux only; a no-op when vLLM did not bind (its worker may use every core)
+or on machines with an accelerator.
 """
 
 from __future__ import annotations
@@ -63,7 +71,7 @@ def pin_process(pid: int, cores: set[int]) -> None:
 
 
 def keep_frontend_off_worker_cores(root: int) -> dict[str, list[int]]:
-    """Pin `root` and its non-worker descendants to the cores vLLM's model workers are not bound to.
+    """Pin `root` (the process that runs vLLM's frontend) to the cores its vLLM model workers are not bound to.
 
     Returns {"worker_cores": [...], "frontend_cores": [...]} when it moved anything, else {}.
     """
@@ -79,8 +87,7 @@ def keep_frontend_off_worker_cores(root: int) -> dict[str, list[int]]:
         free = os.sched_getaffinity(root) - worker_cores
         if not free:
             return {}
-        for pid in [root, *(p for p in below if p not in workers)]:
-            pin_process(pid, free)
+        pin_process(root, free)
     except (OSError, ValueError) as exc:  # /proc races with exiting processes; affinity is an optimization only
         log.debug("left CPU affinity alone: %s", exc)
         return {}
