@@ -1,7 +1,7 @@
 """Generation benchmarks: the full pipeline against plain vLLM, the writer against pyarrow,
 driver memory at 10x the prompts. Prints one JSON object of same-run ratios.
 
-    .venv/bin/python benchmarks/generation.py [--prompts 4096] [--rss-prompts 2000] [--rounds 2]
+    .venv/bin/python benchmarks/generation.py [--prompts 4096] [--rss-prompts 2000] [--rounds 3]
 
 Every ratio compares A and B measured in this run on this machine, on the
 same prompts and engine settings; engine start-up is excluded from both.
@@ -158,7 +158,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=4096)
     parser.add_argument("--rss-prompts", type=int, default=2000)
-    parser.add_argument("--rounds", type=int, default=2, help="Pipeline rounds; plain vLLM runs one more.")
+    parser.add_argument("--rounds", type=int, default=3, help="Pipeline rounds; plain vLLM runs one more.")
     args = parser.parse_args()
     import ray
 
