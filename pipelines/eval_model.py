@@ -13,7 +13,6 @@ model's chat template in one vLLM engine and checks every completion with
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from dataclasses import dataclass
@@ -23,6 +22,8 @@ from potstill.schemas.generation import StorageConfig
 
 ARITHMETIC_SPEC = re.compile(r"^arithmetic:(\d+)$")
 EVAL_SEED = 7
+CPU_KV_CACHE_BYTES = 2**30
+"""KV cache for eval engines on CPU: plenty for small models at eval batch sizes."""
 """Seed of `arithmetic:N` problems (generation runs use other seeds; `exclude` drops any overlap)."""
 
 
@@ -86,16 +87,17 @@ def evaluate(
     from potstill import verify
     from potstill.pipelines.model_assets import resolve_model
 
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; vLLM's CPU default is far more than small models need
+    import torch
     from vllm import LLM, SamplingParams
 
     path = resolve_model(model)
-    if dtype == "auto":
-        import torch
-
-        dtype = "auto" if torch.cuda.is_available() else "float32"
+    on_gpu = torch.cuda.is_available()
+    if dtype == "auto" and not on_gpu:
+        dtype = "float32"
+    # On CPU, vLLM would claim 90% of the machine's memory for a KV cache; greedy eval of a small model needs 1 GiB.
+    memory = {} if on_gpu else {"kv_cache_memory_bytes": CPU_KV_CACHE_BYTES}
     started = time.perf_counter()
-    llm = LLM(model=path, dtype=dtype, seed=0, enforce_eager=True, disable_log_stats=True)
+    llm = LLM(model=path, dtype=dtype, seed=0, enforce_eager=True, disable_log_stats=True, **memory)
     try:
         limit = llm.llm_engine.model_config.max_model_len
         params = SamplingParams(temperature=0.0, max_tokens=max_tokens)
