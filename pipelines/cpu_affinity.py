@@ -19,6 +19,7 @@ made the pipeline slower (2 cores, 3 alternating rounds, output tokens/s,
 both pinned against frontend only: uniform prompts [21091, 19949, 20286]
 against [21260, 20421, 20899], skewed [12142, 12316, 12494] against
 [12216, 12495, 12602]).
+
 Linux only; a no-op when vLLM did not bind (its worker may use every core)
 or on machines with an accelerator.
 """

@@ -22,9 +22,9 @@ from potstill.schemas.generation import StorageConfig
 
 ARITHMETIC_SPEC = re.compile(r"^arithmetic:(\d+)$")
 EVAL_SEED = 7
+"""Seed of `arithmetic:N` problems (generation runs use other seeds; `exclude` drops any overlap)."""
 CPU_KV_CACHE_BYTES = 2**30
 """KV cache for eval engines on CPU: plenty for small models at eval batch sizes."""
-"""Seed of `arithmetic:N` problems (generation runs use other seeds; `exclude` drops any overlap)."""
 
 
 @dataclass(frozen=True)
