@@ -13,9 +13,12 @@ else. An explicit size must be free too.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 GIB = 2**30
 ENV_KV_SPACE = "VLLM_CPU_KVCACHE_SPACE"
@@ -58,10 +61,22 @@ def cpu_memory_problem(kv_cache_bytes: int | None, gpu_memory_utilization: float
     return None
 
 
+def env_override(kv_cache_bytes: int | None, env_kv_space: str | None) -> str | None:
+    """A warning when VLLM_CPU_KVCACHE_SPACE silently replaces a configured `teacher.kv_cache_gib`, else None."""
+    if kv_cache_bytes is None or env_kv_space in (None, "") or int(env_kv_space) * GIB == kv_cache_bytes:
+        return None
+    return (f"{ENV_KV_SPACE}={env_kv_space} is set, so vLLM sizes the KV cache at {_gib(int(env_kv_space) * GIB)} "
+            f"instead of teacher.kv_cache_gib's {_gib(kv_cache_bytes)}; unset the variable to use the config")
+
+
 def check_cpu_memory(engine_args: dict[str, Any]) -> None:
-    """Raise ValueError when vLLM's CPU worker would not find the memory `engine_args` ask for."""
+    """Raise ValueError when vLLM's CPU worker would not find the memory `engine_args` ask for; log a warning
+    when the environment overrides the configured KV cache size."""
     from vllm.utils.cpu_resource_utils import get_memory_node_info, get_visible_memory_node
 
+    override = env_override(engine_args.get("kv_cache_memory_bytes"), os.environ.get(ENV_KV_SPACE))
+    if override:
+        log.warning(override)
     nodes = [get_memory_node_info(n) for n in (get_visible_memory_node() or [0])]
     problem = cpu_memory_problem(engine_args.get("kv_cache_memory_bytes"), engine_args.get("gpu_memory_utilization", 0.9),
                                  os.environ.get(ENV_KV_SPACE), [(n.total_memory, n.available_memory) for n in nodes])

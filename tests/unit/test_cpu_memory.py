@@ -3,7 +3,7 @@ refusal is in tests/integration/test_vllm_engine.py)."""
 
 from __future__ import annotations
 
-from potstill.pipelines.engines.cpu_memory import GIB, cpu_memory_problem
+from potstill.pipelines.engines.cpu_memory import GIB, cpu_memory_problem, env_override
 
 NODE = (16 * GIB, 10 * GIB)  # total, available
 
@@ -37,3 +37,10 @@ def test_one_node_that_fits_is_enough():
     assert cpu_memory_problem(None, 0.9, None, [busy, idle]) is None
     assert cpu_memory_problem(None, 0.9, None, [busy, busy]) is not None
     assert cpu_memory_problem(None, 0.9, None, []) is None
+
+
+def test_the_environment_overriding_a_configured_size_is_called_out():
+    warning = env_override(2 * GIB, "1")
+    assert warning is not None and "VLLM_CPU_KVCACHE_SPACE=1" in warning and "teacher.kv_cache_gib's 2.0 GiB" in warning
+    assert env_override(GIB, "1") is None  # the same size: nothing is lost
+    assert env_override(None, "1") is None and env_override(2 * GIB, None) is None and env_override(2 * GIB, "") is None
