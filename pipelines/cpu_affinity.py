@@ -1,5 +1,6 @@
 """CPU placement of processes through Linux /proc: pin a process's threads, and keep a CPU teacher's frontend
-off the cores vLLM binds its model worker to (`distill/cpu_binding.py` pins training workers with `pin_process`).
+off the cores vLLM binds its model worker to (`distill/cpu_binding.py` pins training workers with `pin_process`,
+away from `cores_held_by_vllm_workers()`).
 
     moved = keep_frontend_off_worker_cores(os.getpid())   # after the engine has started; {} when nothing moved
 
@@ -69,6 +70,24 @@ def pin_process(pid: int, cores: set[int]) -> None:
             os.sched_setaffinity(tid, cores)
         except (ProcessLookupError, FileNotFoundError):  # a thread that ended meanwhile
             pass
+
+
+def cores_held_by_vllm_workers() -> set[int]:
+    """The cores that vLLM model workers on this machine (any process) are bound to; an unbound worker, whose
+    affinity is every core, holds none."""
+    every = os.cpu_count() or 0
+    held: set[int] = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if process_name(int(entry)).startswith(WORKER_NAME_PREFIX):
+                cores = os.sched_getaffinity(int(entry))
+                if len(cores) < every:
+                    held |= cores
+        except (OSError, ValueError):  # exited meanwhile, or not ours to inspect
+            continue
+    return held
 
 
 def keep_frontend_off_worker_cores(root: int) -> dict[str, list[int]]:

@@ -8,13 +8,18 @@ torch.distributed fell from 1.137 to 1.077 and from 1.097 to 1.011 (2 workers on
 2 cores; two runs, each alternating 3 rounds of bound and unbound Ray Train and
 plain loops in one process). `benchmarks/training.py` binds its plain loop the
 same way, so the comparison stays like for like.
+
+Cores a vLLM model worker on the same machine is bound to (a CPU teacher
+generating while `data.follow` trains on its shards) are left out: binding a
+training worker onto them would halve both. When too few cores remain for
+every local worker, the workers stay unbound and the kernel shares the cores.
 """
 
 from __future__ import annotations
 
 import os
 
-from potstill.pipelines.cpu_affinity import pin_process
+from potstill.pipelines.cpu_affinity import cores_held_by_vllm_workers, pin_process
 
 
 def worker_cores(local_rank: int, local_world_size: int, cpus_per_worker: float, allowed: set[int]) -> set[int] | None:
@@ -27,10 +32,12 @@ def worker_cores(local_rank: int, local_world_size: int, cpus_per_worker: float,
 
 
 def bind_worker(local_rank: int, local_world_size: int, cpus_per_worker: float) -> set[int] | None:
-    """Bind every thread of this process to its worker's cores; returns them (None: left unbound)."""
+    """Bind every thread of this process to its worker's cores, among those no vLLM worker is bound to; returns
+    them (None: left unbound)."""
     if not hasattr(os, "sched_setaffinity"):
         return None
-    cores = worker_cores(local_rank, local_world_size, cpus_per_worker, os.sched_getaffinity(0))
+    free = os.sched_getaffinity(0) - cores_held_by_vllm_workers()
+    cores = worker_cores(local_rank, local_world_size, cpus_per_worker, free)
     if cores is not None:
         pin_process(os.getpid(), cores)
     return cores

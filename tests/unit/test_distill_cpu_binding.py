@@ -40,3 +40,42 @@ def test_bind_worker_pins_every_thread_of_the_process():
     second = sorted(os.sched_getaffinity(0))[1]
     assert out["cores"] == [second]
     assert len(out["threads"]) >= 2 and all(t == [second] for t in out["threads"])
+
+
+HELD_SCRIPT = """
+import json, multiprocessing as mp, os, sys, time
+from potstill.pipelines.distill.cpu_binding import bind_worker
+
+def vllm_worker(core, ready):
+    with open("/proc/self/comm", "w") as f:
+        f.write("VLLM::Worker_TP0")
+    os.sched_setaffinity(0, {core})
+    ready.set()
+    time.sleep(60)
+
+if __name__ == "__main__":
+    held, world = int(sys.argv[1]), int(sys.argv[2])
+    ready = mp.get_context("fork").Event()
+    teacher = mp.get_context("fork").Process(target=vllm_worker, args=(held, ready), daemon=True)
+    teacher.start()
+    ready.wait(10)
+    cores = bind_worker(0, world, 1)
+    print(json.dumps({"cores": sorted(cores) if cores is not None else None, "self": sorted(os.sched_getaffinity(0))}))
+    teacher.kill()
+"""
+
+
+def run_beside_a_vllm_worker(held: int, world: int) -> dict:
+    out = subprocess.run([sys.executable, "-c", HELD_SCRIPT, str(held), str(world)], capture_output=True, text=True,
+                         check=True, timeout=60)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 cores: one for the teacher, one to train on")
+def test_training_workers_keep_off_the_cores_a_cpu_teacher_computes_on():
+    allowed = sorted(os.sched_getaffinity(0))
+    beside = run_beside_a_vllm_worker(held=allowed[0], world=1)
+    assert beside["cores"] == [allowed[1]] and beside["self"] == [allowed[1]]
+    # Too few cores left for every local worker: unbound, sharing all cores, rather than doubled up on the teacher's.
+    crowded = run_beside_a_vllm_worker(held=allowed[0], world=len(allowed))
+    assert crowded["cores"] is None and crowded["self"] == allowed
