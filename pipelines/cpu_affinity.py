@@ -74,8 +74,8 @@ def pin_process(pid: int, cores: set[int]) -> None:
 
 def cores_held_by_vllm_workers() -> set[int]:
     """The cores that vLLM model workers on this machine (any process) are bound to; an unbound worker, whose
-    affinity is every core, holds none."""
-    every = os.cpu_count() or 0
+    affinity covers every core this process may use (in a container: its cpuset, not the host's), holds none."""
+    ours = os.sched_getaffinity(0)
     held: set[int] = set()
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -83,7 +83,7 @@ def cores_held_by_vllm_workers() -> set[int]:
         try:
             if process_name(int(entry)).startswith(WORKER_NAME_PREFIX):
                 cores = os.sched_getaffinity(int(entry))
-                if len(cores) < every:
+                if not ours <= cores:
                     held |= cores
         except (OSError, ValueError):  # exited meanwhile, or not ours to inspect
             continue

@@ -27,6 +27,14 @@ CPU_KV_CACHE_BYTES = 2**30
 """KV cache for eval engines on CPU: plenty for small models at eval batch sizes."""
 
 
+def small_model_cache_args() -> dict[str, int]:
+    """vLLM engine arguments sizing a small model's KV cache: on CPU vLLM would otherwise claim 90% of the
+    machine's memory; on GPU its own sizing stands."""
+    import torch
+
+    return {} if torch.cuda.is_available() else {"kv_cache_memory_bytes": CPU_KV_CACHE_BYTES}
+
+
 @dataclass(frozen=True)
 class EvalPrompt:
     """One held-out prompt: the conversation and its reference answer."""
@@ -91,13 +99,10 @@ def evaluate(
     from vllm import LLM, SamplingParams
 
     path = resolve_model(model)
-    on_gpu = torch.cuda.is_available()
-    if dtype == "auto" and not on_gpu:
+    if dtype == "auto" and not torch.cuda.is_available():
         dtype = "float32"
-    # On CPU, vLLM would claim 90% of the machine's memory for a KV cache; greedy eval of a small model needs 1 GiB.
-    memory = {} if on_gpu else {"kv_cache_memory_bytes": CPU_KV_CACHE_BYTES}
     started = time.perf_counter()
-    llm = LLM(model=path, dtype=dtype, seed=0, enforce_eager=True, disable_log_stats=True, **memory)
+    llm = LLM(model=path, dtype=dtype, seed=0, enforce_eager=True, disable_log_stats=True, **small_model_cache_args())
     try:
         limit = llm.llm_engine.model_config.max_model_len
         params = SamplingParams(temperature=0.0, max_tokens=max_tokens)

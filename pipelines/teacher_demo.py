@@ -18,7 +18,7 @@ import time
 from typing import Any
 
 from potstill.pipelines import arithmetic
-from potstill.pipelines.eval_model import CPU_KV_CACHE_BYTES
+from potstill.pipelines.eval_model import small_model_cache_args
 from potstill.pipelines.model_assets import resolve_model
 from potstill.schemas.generation import SHIPPED_TEACHER
 
@@ -31,13 +31,11 @@ def run_teacher_demo(
     """Decode `n` fresh held-out problems with vLLM (greedy by default) and score the answers after `</think>`."""
     if n < 1:
         raise ValueError(f"n={n} must be at least 1; pass how many problems to score")
-    import torch
     from vllm import LLM, SamplingParams
 
     path = resolve_model(model)
     problems = arithmetic.fresh_problems(n, digits, seed)
-    memory = {} if torch.cuda.is_available() else {"kv_cache_memory_bytes": CPU_KV_CACHE_BYTES}
-    llm = LLM(model=path, dtype="float32", seed=0, max_model_len=512, enforce_eager=True, **memory)
+    llm = LLM(model=path, dtype="float32", seed=0, max_model_len=512, enforce_eager=True, **small_model_cache_args())
     params = SamplingParams(temperature=temperature, max_tokens=MAX_TOKENS)
     conversations = [[{"role": "user", "content": question}] for question, _ in problems]
     started = time.perf_counter()

@@ -74,11 +74,12 @@ def check_cpu_memory(engine_args: dict[str, Any]) -> None:
     when the environment overrides the configured KV cache size."""
     from vllm.utils.cpu_resource_utils import get_memory_node_info, get_visible_memory_node
 
-    override = env_override(engine_args.get("kv_cache_memory_bytes"), os.environ.get(ENV_KV_SPACE))
+    kv_cache_bytes, env_kv_space = engine_args.get("kv_cache_memory_bytes"), os.environ.get(ENV_KV_SPACE)
+    override = env_override(kv_cache_bytes, env_kv_space)
     if override:
         log.warning(override)
     nodes = [get_memory_node_info(n) for n in (get_visible_memory_node() or [0])]
-    problem = cpu_memory_problem(engine_args.get("kv_cache_memory_bytes"), engine_args.get("gpu_memory_utilization", 0.9),
-                                 os.environ.get(ENV_KV_SPACE), [(n.total_memory, n.available_memory) for n in nodes])
+    problem = cpu_memory_problem(kv_cache_bytes, engine_args.get("gpu_memory_utilization", 0.9), env_kv_space,
+                                 [(n.total_memory, n.available_memory) for n in nodes])
     if problem:
         raise ValueError(problem)
