@@ -18,7 +18,7 @@ def build_random_llama(out_dir: str | Path, *, hidden: int = 128, layers: int = 
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from potstill.pipelines.model_assets import resolve_model
+    from potstill.pipelines.models.assets import resolve_model
     from potstill.schemas.generation import SHIPPED_TEACHER
 
     out = Path(out_dir)

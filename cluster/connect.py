@@ -38,3 +38,19 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         ray.init(address=address, **kwargs)
     else:
         ray.init(num_cpus=num_cpus, include_dashboard=False, **kwargs)
+
+
+def connect_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Join the cluster at `address`/RAY_ADDRESS, or start a local Ray with its dashboard (Ray Train's controller
+    watchdog asks the State API, which the dashboard serves; without it, it warns every second)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address or os.environ.get("RAY_ADDRESS"):
+        ensure_ray(address)
+        return
+    env = {"RAY_DATA_LOG_LEVEL": os.environ.get("RAY_DATA_LOG_LEVEL", "WARNING"), **forwarded_env()}
+    # address="local": a new local cluster, never a stray one another process started on this machine.
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, runtime_env={"env_vars": env},
+             log_to_driver=True, logging_level="WARNING", configure_logging=True)

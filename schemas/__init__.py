@@ -5,7 +5,7 @@ tests and users' tools alike.
 """
 
 from potstill.schemas.base import SCHEMA_VERSION, StrictModel
-from potstill.schemas.commit import FailedPrompt, ManifestShard, RunManifest, ShardCommit, ShardStats
+from potstill.schemas.manifest import FailedPrompt, ManifestShard, RunManifest, ShardCommit, ShardStats
 from potstill.schemas.generation import (
     SHIPPED_TEACHER,
     GenerationConfig,

@@ -86,7 +86,7 @@ def s3_server(aws_test_env):
 @pytest.fixture
 def s3_bucket(s3_server):
     """A fresh bucket; yields (run root URI inside it, StorageConfig pointing at the server)."""
-    from potstill.pipelines.storage import s3_filesystem
+    from potstill.pipelines.output.storage import s3_filesystem
     from potstill.schemas.generation import StorageConfig
 
     config = StorageConfig(endpoint_url=s3_server, region="us-east-1", max_retries=2)

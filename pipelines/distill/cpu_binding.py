@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 
-from potstill.pipelines.cpu_affinity import cores_held_by_vllm_workers, pin_process
+from potstill.pipelines.host.cpu_affinity import cores_held_by_vllm_workers, pin_process
 
 
 def worker_cores(local_rank: int, local_world_size: int, cpus_per_worker: float, allowed: set[int]) -> set[int] | None:

@@ -1,14 +1,15 @@
-"""The training dataset: committed trace files -> filtered, tokenized, packed rows (Ray Data).
+"""The training dataset's pure parts: which runs the trace files come from, which rows to keep, how a group packs.
 
     sources = trace_sources(files, storage)            # teacher and top-k width per generation run
-    ds = build_dataset(files, cfg, tokenizer_path, use_teacher_ids=True, topk_width=20)
+    table = pack_traces(group, ...)                    # the map_batches function of the Ray Data pipeline
 
+The Ray Data pipeline over them is `potstill.pipelines.jobs.train_dataset`.
 Only the explicit list of committed files is read (never a prefix listing).
 Filtering, tokenization and packing run in one `map_batches` over groups of
 `PACK_GROUP` traces: each group is packed on its own (best-fit decreasing),
 which streams and scales with the data while keeping packing efficiency high.
 Every output row has the same shapes, and the rows are split equally among
-the workers (`data_split.FixedSplit`), so every worker gets the same number of
+the workers (`jobs.train_dataset.FixedSplit`), so every worker gets the same number of
 batches and DDP never waits on a worker that ran out.
 """
 
@@ -51,7 +52,7 @@ class TraceSource:
 
 def arrow_filesystem(uri: str, storage: "StorageConfig") -> Any:
     """A pyarrow filesystem for s3:// URIs with the configured endpoint (None for local paths)."""
-    from potstill.pipelines.storage import is_remote
+    from potstill.pipelines.output.storage import is_remote
 
     if not is_remote(uri):
         return None
@@ -133,22 +134,3 @@ def pack_traces(
         log.warning("%d of %d traces are longer than packing.max_tokens=%d and were left out", too_long, len(docs), max_tokens)
     pad = tok.tokenizer.pad_token_id if tok.tokenizer.pad_token_id is not None else 0
     return pack(docs, max_tokens, pad, topk_width, packing_enabled)
-
-
-def build_dataset(
-    data_files: list[str], cfg: "TrainingConfig", tokenizer_path: str, use_teacher_ids: bool, topk_width: int,
-) -> Any:
-    """The packed Ray dataset (lazy) over exactly `data_files`."""
-    import ray.data
-
-    columns = read_columns(use_teacher_ids, topk_width)
-    fs = arrow_filesystem(data_files[0], cfg.data.storage)
-    paths = [strip_scheme(f) for f in data_files] if fs else list(data_files)
-    ds = ray.data.read_parquet(paths, columns=columns, filesystem=fs)
-    return ds.map_batches(
-        pack_traces, batch_size=PACK_GROUP, batch_format="pyarrow",
-        fn_kwargs={
-            "data_cfg": cfg.data.model_dump(mode="json"), "tokenizer_path": tokenizer_path, "use_teacher_ids": use_teacher_ids,
-            "topk_width": topk_width, "max_tokens": cfg.packing.max_tokens, "packing_enabled": cfg.packing.enabled,
-        },
-    )

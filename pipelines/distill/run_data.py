@@ -11,8 +11,8 @@ before its commit can never leak into training (DESIGN.md, commit protocol).
 
 from __future__ import annotations
 
-from potstill.pipelines.commit import SUCCESS, RunNotFinishedError, read_commits, read_manifest
-from potstill.pipelines.storage import Storage
+from potstill.pipelines.output.commit import SUCCESS, RunNotFinishedError, read_commits, read_manifest
+from potstill.pipelines.output.storage import Storage
 from potstill.schemas.generation import StorageConfig
 from potstill.schemas.training import TraceDataConfig
 

@@ -25,7 +25,7 @@ MIN_HEAD_DIM = 64
 
 def student_tokenizer_path(cfg: "StudentConfig", teacher: str | None) -> str:
     """Tokenizer folder: `student.tokenizer`, else the student model's, else (fresh student) the teacher's."""
-    from potstill.pipelines.model_assets import resolve_model
+    from potstill.pipelines.models.assets import resolve_model
 
     name = cfg.tokenizer or cfg.model or teacher
     if name is None:
@@ -40,7 +40,7 @@ def load_tokenizer(path: str) -> Any:
     """A Hugging Face tokenizer from a local folder (or a shipped `potstill:` name); never downloads."""
     from transformers import AutoTokenizer
 
-    from potstill.pipelines.model_assets import resolve_model
+    from potstill.pipelines.models.assets import resolve_model
 
     return AutoTokenizer.from_pretrained(resolve_model(path), local_files_only=True)
 
@@ -99,7 +99,7 @@ def load_student(cfg: "StudentConfig", tokenizer: Any, max_positions: int, seed:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from potstill.pipelines.model_assets import resolve_model
+    from potstill.pipelines.models.assets import resolve_model
 
     model = AutoModelForCausalLM.from_pretrained(resolve_model(cfg.model), dtype=torch.float32, local_files_only=True)
     vocab = model.get_input_embeddings().num_embeddings

@@ -26,9 +26,9 @@ from potstill.pipelines.engines.protocol import EngineFailure, Generation, Teach
 from potstill.schemas.generation import FaultRule, FaultsConfig, OutputConfig
 
 if TYPE_CHECKING:
-    from potstill.pipelines.plan import WorkUnit
-    from potstill.pipelines.storage import Storage
-    from potstill.pipelines.unit_runner import UnitResult
+    from potstill.pipelines.generate.plan import WorkUnit
+    from potstill.pipelines.output.storage import Storage
+    from potstill.pipelines.generate.unit_runner import UnitResult
 
 log = logging.getLogger("potstill.faults")
 
@@ -148,7 +148,7 @@ def crash_before_commit(plan: FaultPlan | None, storage: Storage, unit: WorkUnit
     """
     if plan is None:
         return
-    from potstill.pipelines.shard_writer import records_to_table, write_shard
+    from potstill.pipelines.output.shard_writer import records_to_table, write_shard
 
     text = "\n".join(prompt_text([m.model_dump() for m in p.messages]) for p in unit.prompts)
     rule = plan.firing(text, frozenset({"exit_before_commit"}))

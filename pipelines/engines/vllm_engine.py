@@ -19,10 +19,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from potstill.pipelines.cpu_affinity import keep_frontend_off_worker_cores
+from potstill.pipelines.host.cpu_affinity import keep_frontend_off_worker_cores
 from potstill.pipelines.engines.cpu_memory import check_cpu_memory
 from potstill.pipelines.engines.protocol import EngineFailure, Generation, Sample
-from potstill.pipelines.model_assets import resolve_model, teacher_revision
+from potstill.pipelines.models.assets import resolve_model, teacher_revision
 from potstill.schemas.generation import SamplingConfig, TeacherConfig
 
 log = logging.getLogger(__name__)

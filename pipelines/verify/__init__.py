@@ -11,7 +11,7 @@ Ray, vLLM or torch, and math-verify/sympy load only when a math check runs.
 
 from __future__ import annotations
 
-from potstill.pipelines.reasoning import split_reasoning
+from potstill.pipelines.generate.reasoning import split_reasoning
 from potstill.pipelines.verify.exact import exact_match
 from potstill.pipelines.verify.judge import Judge, VerifierError, build_judge
 from potstill.pipelines.verify.math import math_equal

@@ -49,7 +49,7 @@ def demo(
     if json_out:
         reserve_stdout_for_json()
     from potstill.cli.train import TrainBar
-    from potstill.pipelines.demo import run_demo
+    from potstill.pipelines.jobs.run_demo import run_demo
 
     started = time.time()
     gen_bar, on_generation = _generation_bar(disable=False)

@@ -23,7 +23,7 @@ def eval_model(
     """Generate with MODEL in vLLM on held-out PROMPTS, verify each answer, print the accuracy."""
     if json_out:
         reserve_stdout_for_json()
-    from potstill.pipelines.eval_model import evaluate, load_eval_prompts
+    from potstill.pipelines.jobs.evaluate import evaluate, load_eval_prompts
 
     if method not in ("math", "exact"):
         fail(f"--method {method!r} is not a verifier; use math or exact")

@@ -23,7 +23,7 @@ def gc(
     """Remove uncommitted attempts of a run; committed shards are never touched."""
     if json_out:
         reserve_stdout_for_json()
-    from potstill.pipelines.commit import gc_run
+    from potstill.pipelines.output.commit import gc_run
 
     report = gc_run(out, storage_from(endpoint_url), dry_run=dry_run, min_age_s=min_age_s)
     if json_out:

@@ -42,7 +42,7 @@ def generate(
         reserve_stdout_for_json()
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from potstill.pipelines.generate_job import run_generation
+    from potstill.pipelines.jobs.run_generation import run_generation
     from potstill.schemas import ConfigError, GenerationConfig, load_config
 
     try:

@@ -17,7 +17,7 @@ def inspect(
     """Print a run's totals, accepted fraction, token statistics and a sample trace."""
     if json_out:
         reserve_stdout_for_json()
-    from potstill.pipelines.inspect_run import inspect_run
+    from potstill.pipelines.output.inspect_run import inspect_run
 
     try:
         info = inspect_run(out, storage_from(endpoint_url))

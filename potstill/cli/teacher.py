@@ -18,7 +18,7 @@ def demo(
     """Ask the shipped teacher N fresh 3-digit additions in the real vLLM engine; print accuracy and a trace."""
     if json_out:
         reserve_stdout_for_json()
-    from potstill.pipelines.teacher_demo import run_teacher_demo
+    from potstill.pipelines.jobs.teacher_demo import run_teacher_demo
 
     result = run_teacher_demo(n=n, seed=seed)
     if json_out:

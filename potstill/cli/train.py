@@ -70,7 +70,7 @@ def train(
     """Distill a student from committed traces with Ray Train; re-running the same name resumes."""
     if json_out:
         reserve_stdout_for_json()
-    from potstill.pipelines.distill.train_job import run_training
+    from potstill.pipelines.jobs.run_training import run_training
     from potstill.schemas import ConfigError, load_config
     from potstill.schemas.training import TrainingConfig
 

@@ -18,9 +18,9 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
-from potstill.pipelines.arithmetic import fresh_problems
-from potstill.pipelines.commit import committed_data_files, read_manifest
-from potstill.pipelines.storage import Storage, filesystem_for, s3_filesystem
+from potstill.pipelines.arithmetic.problems import fresh_problems
+from potstill.pipelines.output.commit import committed_data_files, read_manifest
+from potstill.pipelines.output.storage import Storage, filesystem_for, s3_filesystem
 from potstill.schemas import GenerationConfig, RunManifest, StorageConfig
 
 COUNT, PER_SHARD, N, SEED = 50, 10, 2, 4321
@@ -116,7 +116,7 @@ def clean_baseline(endpoint: str) -> Finished:
     """The fault-free run every chaos test compares with (run once per session, on whatever Ray is connected)."""
     if endpoint not in _BASELINE:
         from potstill.cluster.connect import ensure_ray
-        from potstill.pipelines.generate_job import run_generation
+        from potstill.pipelines.jobs.run_generation import run_generation
 
         ensure_ray()
         storage = StorageConfig(endpoint_url=endpoint)

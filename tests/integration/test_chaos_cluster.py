@@ -21,7 +21,7 @@ from chaos_support import (  # noqa: E402
     question, replica_handles, wait_for,
 )
 
-from potstill.pipelines.controller import GenerationController  # noqa: E402
+from potstill.pipelines.generate.controller import GenerationController  # noqa: E402
 from potstill.schemas import StorageConfig  # noqa: E402
 
 pytestmark = pytest.mark.slow

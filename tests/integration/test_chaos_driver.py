@@ -30,7 +30,7 @@ from chaos_support import clean  # noqa: E402,F401 - fixture
 from fault_proxy import FaultProxy  # noqa: E402
 
 from potstill.cli.common import last_json_line  # noqa: E402
-from potstill.pipelines.storage import Storage, filesystem_for  # noqa: E402
+from potstill.pipelines.output.storage import Storage, filesystem_for  # noqa: E402
 from potstill.schemas import StorageConfig  # noqa: E402
 
 pytestmark = pytest.mark.slow

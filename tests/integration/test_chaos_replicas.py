@@ -25,9 +25,9 @@ from chaos_support import (  # noqa: E402
 )
 from chaos_support import clean  # noqa: E402,F401 - fixture
 
-from potstill.pipelines.commit import gc_run  # noqa: E402
-from potstill.pipelines.generate_job import run_generation  # noqa: E402
-from potstill.pipelines.storage import Storage  # noqa: E402
+from potstill.pipelines.output.commit import gc_run  # noqa: E402
+from potstill.pipelines.jobs.run_generation import run_generation  # noqa: E402
+from potstill.pipelines.output.storage import Storage  # noqa: E402
 from potstill.schemas import StorageConfig  # noqa: E402
 
 pytestmark = pytest.mark.slow

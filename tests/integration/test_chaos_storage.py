@@ -26,15 +26,15 @@ from chaos_support import (  # noqa: E402
 from chaos_support import clean  # noqa: E402,F401 - fixture
 from fault_proxy import FaultProxy  # noqa: E402
 
-from potstill.pipelines.commit import (  # noqa: E402
+from potstill.pipelines.output.commit import (  # noqa: E402
     MANIFEST, SUCCESS, RunNotFinishedError, read_commits, read_manifest,
 )
-from potstill.pipelines.controller import GenerationController  # noqa: E402
-from potstill.pipelines.replica_pool import ReplicaFactory  # noqa: E402
-from potstill.pipelines.generate_job import run_generation  # noqa: E402
-from potstill.pipelines.ingest import IngestReport, iter_prompts  # noqa: E402
-from potstill.pipelines.plan import iter_units  # noqa: E402
-from potstill.pipelines.storage import Storage  # noqa: E402
+from potstill.pipelines.generate.controller import GenerationController  # noqa: E402
+from potstill.pipelines.generate.replicas import ReplicaFactory  # noqa: E402
+from potstill.pipelines.jobs.run_generation import run_generation  # noqa: E402
+from potstill.pipelines.ingest.prompts import IngestReport, iter_prompts  # noqa: E402
+from potstill.pipelines.generate.plan import iter_units  # noqa: E402
+from potstill.pipelines.output.storage import Storage  # noqa: E402
 from potstill.schemas import StorageConfig  # noqa: E402
 
 pytestmark = pytest.mark.slow

@@ -12,13 +12,13 @@ import pytest
 import s3fs
 from botocore.exceptions import ReadTimeoutError
 
-from potstill.pipelines.commit import (
+from potstill.pipelines.output.commit import (
     MANIFEST, SUCCESS, commit_path, commit_shard, committed_data_files, committed_shard_ids, finalize_run, gc_run,
     read_manifest,
 )
-from potstill.pipelines.shard_writer import verify_shard, write_shard
-from potstill.pipelines.storage import RetryPolicy, Storage, StorageUnavailableError, filesystem_for
-from potstill.schemas.commit import ShardStats
+from potstill.pipelines.output.shard_writer import verify_shard, write_shard
+from potstill.pipelines.output.storage import RetryPolicy, Storage, StorageUnavailableError, filesystem_for
+from potstill.schemas.manifest import ShardStats
 from potstill.schemas.generation import StorageConfig
 
 RUN = "run-s3"

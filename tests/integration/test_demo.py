@@ -10,14 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from potstill.cli.demo import summary_lines
-from potstill.pipelines import demo
+from potstill.pipelines.jobs import run_demo as demo
 from potstill.schemas import GenerationConfig, load_config
 from potstill.schemas.training import TrainingConfig
 
 
 def test_demo_configs_make_a_smaller_servable_student() -> None:
     from potstill.pipelines.distill.student import build_student, load_tokenizer
-    from potstill.pipelines.eval_model import count_parameters
+    from potstill.pipelines.jobs.evaluate import count_parameters
 
     gen = load_config(demo.GENERATION_CONFIG, GenerationConfig)
     train = load_config(demo.TRAINING_CONFIG, TrainingConfig)
@@ -30,7 +30,7 @@ def test_demo_configs_make_a_smaller_servable_student() -> None:
 
 
 def test_a_trace_fits_the_packing_budget_several_times_over() -> None:
-    from potstill.pipelines import arithmetic
+    from potstill.pipelines.arithmetic import problems as arithmetic
     from potstill.pipelines.distill.student import load_tokenizer
     from potstill.pipelines.distill.tokenize import TraceTokenizer
 

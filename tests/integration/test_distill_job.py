@@ -27,11 +27,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from potstill.cli.common import last_json_line
-from potstill.pipelines.commit import commit_shard, committed_data_files, finalize_run, read_commits
+from potstill.pipelines.output.commit import commit_shard, committed_data_files, finalize_run, read_commits
 from potstill.pipelines.distill.dataset import arrow_filesystem, strip_scheme
 from potstill.pipelines.distill.faults import FAULT_ENV
-from potstill.pipelines.shard_writer import write_shard
-from potstill.pipelines.storage import Storage
+from potstill.pipelines.output.shard_writer import write_shard
+from potstill.pipelines.output.storage import Storage
 from potstill.schemas import load_config
 from potstill.schemas.generation import StorageConfig
 from potstill.schemas.training import TrainingConfig
@@ -46,7 +46,7 @@ TRAIN_EXAMPLE = REPO / "examples" / "distill_arithmetic.yaml"
 def ray_cluster():
     import ray
 
-    from potstill.pipelines.distill.train_job import connect_ray
+    from potstill.cluster.connect import connect_ray
 
     connect_ray(None, num_cpus=4)  # 2 train workers plus Ray Data and the generation controller
     yield
@@ -56,7 +56,7 @@ def ray_cluster():
 @pytest.fixture(scope="module")
 def traces(ray_cluster, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """One generation run shared by every test here: 2000 fresh problems x 1 sample, 8 shards, top-4 logprobs."""
-    from potstill.pipelines.generate_job import run_generation
+    from potstill.pipelines.jobs.run_generation import run_generation
     from potstill.schemas import GenerationConfig
 
     out = tmp_path_factory.mktemp("gen") / "traces"
@@ -106,9 +106,9 @@ def small_config(name: str, runs: list[str], storage_path: str, **sections) -> T
 
 
 def test_student_from_generated_shards_reaches_the_teachers_accuracy(traces: dict, tmp_path: Path) -> None:
-    from potstill.pipelines.demo import trained_questions
-    from potstill.pipelines.distill.train_job import run_training
-    from potstill.pipelines.eval_model import count_parameters, evaluate, load_eval_prompts
+    from potstill.pipelines.jobs.run_demo import trained_questions
+    from potstill.pipelines.jobs.run_training import run_training
+    from potstill.pipelines.jobs.evaluate import count_parameters, evaluate, load_eval_prompts
 
     cfg = load_config(TRAIN_EXAMPLE, TrainingConfig, {"data.runs": [traces["uri"]], "checkpoint.storage_path": str(tmp_path)})
     summary = run_training(cfg)
@@ -127,7 +127,7 @@ def test_student_from_generated_shards_reaches_the_teachers_accuracy(traces: dic
 
 
 def test_worker_failure_restarts_from_the_last_checkpoint(traces: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from potstill.pipelines.distill.train_job import run_training
+    from potstill.pipelines.jobs.run_training import run_training
 
     run = str(tmp_path / "run")
     copy_shards(traces["files"][:1], run)  # 250 traces -> 50 packed rows -> 9 steps
@@ -146,7 +146,7 @@ def test_the_same_seed_trains_the_same_student(traces: dict, tmp_path: Path) -> 
     import torch
     from safetensors.torch import load_file
 
-    from potstill.pipelines.distill.train_job import run_training
+    from potstill.pipelines.jobs.run_training import run_training
 
     run = str(tmp_path / "run")
     copy_shards(traces["files"][:1], run)
@@ -203,7 +203,7 @@ def test_killed_driver_resumes_without_redoing_a_finished_epoch(traces: dict, tm
 
 def test_follow_trains_on_a_live_run_and_ends_at_success(traces: dict, tmp_path: Path) -> None:
     from potstill.pipelines.distill.checkpointing import load_checkpoint
-    from potstill.pipelines.distill.train_job import run_training
+    from potstill.pipelines.jobs.run_training import run_training
 
     live = tmp_path / "live"
     files = traces["files"][:4]
@@ -241,7 +241,7 @@ def test_follow_trains_on_a_live_run_and_ends_at_success(traces: dict, tmp_path:
 
 
 def test_fsdp_with_traces_and_checkpoints_on_s3_resumes(traces: dict, s3_bucket) -> None:
-    from potstill.pipelines.distill.train_job import run_training
+    from potstill.pipelines.jobs.run_training import run_training
 
     root, storage = s3_bucket
     run = f"{root}/traces"

@@ -18,9 +18,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from potstill.cli.common import last_json_line
-from potstill.pipelines.commit import committed_data_files, read_manifest
-from potstill.pipelines.generate_job import run_generation
-from potstill.pipelines.storage import filesystem_for
+from potstill.pipelines.output.commit import committed_data_files, read_manifest
+from potstill.pipelines.jobs.run_generation import run_generation
+from potstill.pipelines.output.storage import filesystem_for
 from potstill.schemas import GenerationConfig, StorageConfig
 
 pytestmark = pytest.mark.slow
@@ -83,7 +83,7 @@ def test_200_prompts_x4_committed_to_s3(clean_run):
 
 
 def test_verified_fraction_tracks_the_teachers_accuracy(clean_run):
-    from potstill.pipelines.teacher_demo import run_teacher_demo
+    from potstill.pipelines.jobs.teacher_demo import run_teacher_demo
 
     uri, storage, _ = clean_run
     rows = read_rows(uri, storage)
@@ -113,7 +113,7 @@ def settle_commits(commits: Path, quiet_s: float = 5.0, limit_s: float = 90.0) -
 
 def test_resume_after_the_driver_is_killed(tmp_path, clean_run):
     """Kill the driver after some shards commit; the re-run completes only the rest."""
-    from potstill.pipelines.arithmetic import fresh_problems
+    from potstill.pipelines.arithmetic.problems import fresh_problems
 
     uri, storage, _ = clean_run
     out = tmp_path / "resumed"
@@ -157,7 +157,7 @@ def test_resume_after_the_driver_is_killed(tmp_path, clean_run):
 
 
 def test_bad_rows_are_reported_and_valid_rows_complete(tmp_path, ray_local):
-    from potstill.pipelines.arithmetic import fresh_problems
+    from potstill.pipelines.arithmetic.problems import fresh_problems
 
     good = fresh_problems(6, 3, seed=99)
 
@@ -191,7 +191,7 @@ def test_bad_rows_are_reported_and_valid_rows_complete(tmp_path, ray_local):
 
 
 def test_inspect_summarizes_the_run(clean_run):
-    from potstill.pipelines.inspect_run import inspect_run
+    from potstill.pipelines.output.inspect_run import inspect_run
 
     uri, storage, summary = clean_run
     info = inspect_run(uri, storage)

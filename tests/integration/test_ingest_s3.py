@@ -16,8 +16,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from potstill.pipelines.ingest import IngestError, IngestReport, iter_prompts
-from potstill.pipelines.storage import Storage
+from potstill.pipelines.ingest.prompts import IngestError, IngestReport, iter_prompts
+from potstill.pipelines.output.storage import Storage
 from potstill.schemas.generation import PromptsConfig
 
 GSM8K = Path("/work/shared/data/gsm8k_train_2000.jsonl")

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from potstill.pipelines import arithmetic
-from potstill.pipelines.model_assets import model_revision, resolve_model
+from potstill.pipelines.arithmetic import problems as arithmetic
+from potstill.pipelines.models.assets import model_revision, resolve_model
 from potstill.schemas.generation import SHIPPED_TEACHER
 
 pytestmark = pytest.mark.slow
@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def demo() -> dict[str, Any]:
-    from potstill.pipelines.teacher_demo import run_teacher_demo
+    from potstill.pipelines.jobs.teacher_demo import run_teacher_demo
 
     return run_teacher_demo(n=200, seed=7)
 

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 SCRIPT = textwrap.dedent("""
     import asyncio, json, os
     from potstill.pipelines.engines.vllm_engine import VllmEngine
-    from potstill.pipelines.cpu_affinity import descendants, process_name
+    from potstill.pipelines.host.cpu_affinity import descendants, process_name
     from potstill.schemas.generation import SamplingConfig, TeacherConfig
 
     async def main():

@@ -1,0 +1,68 @@
+"""The controller's bookkeeping of each teacher replica, and the pure checks on it (deadlines, admission).
+
+    reason = missed_deadline(rep, time.monotonic(), cfg.replicas)   # None, or why it counts as hung
+
+Replicas are created by a factory (`potstill.cluster.replica_factory` on Ray);
+this module never talks to Ray.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from potstill.schemas.generation import ReplicasConfig
+
+
+@dataclass
+class Replica:
+    """One replica actor as the controller tracks it."""
+
+    name: str
+    handle: Any
+    inflight: dict = field(default_factory=dict)  # ObjectRef -> monotonic time it was dispatched
+    exclusive: bool = False  # running a unit that must be alone
+    created_at: float = field(default_factory=time.monotonic)
+    ready_at: float | None = None  # when its engine finished starting (unit deadlines count from here)
+    hung_reason: str | None = None  # set when the controller killed it for a missed deadline
+    requests_seen: int = 0  # engine requests already added to the run's count
+    load_ref: Any = None  # an outstanding `load()` long poll
+    load_units: int = 0  # units_sent when it was asked (a report is stale once another unit was sent)
+    units_sent: int = 0  # units dispatched to it so far (its load report counts only after all have started)
+    sequences_pending: int | None = None  # its last `load()` report; None once acted on
+    min_sequences: int | None = None  # admit another unit below this many engine sequences (None: never)
+
+
+def missed_deadline(rep: Replica, now: float, rcfg: ReplicasConfig) -> str | None:
+    """Why `rep` counts as hung at `now` (engine start too slow, or a unit unfinished too long), or None."""
+    if rep.ready_at is None:
+        if now - rep.created_at > rcfg.start_timeout_s:
+            return f"engine did not start within {rcfg.start_timeout_s:g} s (replicas.start_timeout_s)"
+        return None
+    oldest = min((max(t, rep.ready_at) for t in rep.inflight.values()), default=None)
+    if oldest is not None and now - oldest > rcfg.unit_timeout_s:
+        return f"hung: a unit made no progress for {now - oldest:.0f} s (replicas.unit_timeout_s={rcfg.unit_timeout_s:g})"
+    return None
+
+
+def min_sequences_for(rcfg: ReplicasConfig, batch_capacity: int | None) -> int | None:
+    """The engine-load threshold below which a replica gets another unit.
+
+    `auto`: twice the engine's batch capacity, so a full batch runs and about
+    as many sequences wait in the engine's own queue. When a batch of similar
+    prompts finishes together, the waiting ones start at the next step instead
+    of after a round trip through the controller (as when every prompt is
+    submitted to vLLM at once).
+    """
+    if rcfg.min_sequences_in_flight == "auto":
+        return None if batch_capacity is None else 2 * batch_capacity
+    return rcfg.min_sequences_in_flight
+
+
+def unit_limit(rep: Replica, rcfg: ReplicasConfig) -> int:
+    """Units `rep` may hold now: `units_in_flight`, or one more (up to `max_units_in_flight`) when its last
+    load report says its engine runs fewer than `rep.min_sequences` sequences."""
+    low = (rep.min_sequences is not None and rep.sequences_pending is not None
+           and rep.sequences_pending < rep.min_sequences)
+    return min(rcfg.max_units_in_flight, len(rep.inflight) + 1) if low else rcfg.units_in_flight

@@ -1,0 +1,1 @@
+"""The machine a process runs on: CPU placement (core binding through /proc)."""

@@ -1,0 +1,115 @@
+"""The dataset side of the job: row filters, one-group filter+tokenize+pack, run metadata, and the
+up-front KD checks (clear errors before any worker starts)."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from potstill.pipelines.arithmetic import problems as arithmetic
+from potstill.pipelines.arithmetic import teacher_build
+from potstill.pipelines.distill.dataset import TraceSource, pack_traces, trace_sources
+from potstill.pipelines.distill.packing import packing_efficiency
+from potstill.pipelines.jobs.run_training import plan_tokenization, steps_per_epoch
+from potstill.schemas.generation import StorageConfig
+from potstill.schemas.training import TraceDataConfig, TrainingConfig
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("teacher")
+    teacher_build.save_tokenizer(teacher_build.build_tokenizer(), out)
+    return out
+
+
+def _table(teacher_dir: Path, n: int = 40, topk: int = 3):
+    import pyarrow as pa
+    from transformers import AutoTokenizer
+
+    from potstill.schemas.trace import TraceRecord, trace_arrow_schema
+
+    tok = AutoTokenizer.from_pretrained(teacher_dir)
+    rows = []
+    for i in range(n):
+        a, b = 100 + i, 200 + 3 * i
+        ids = tok.encode(arithmetic.completion_text(a, b) + teacher_build.END, add_special_tokens=False)
+        rows.append(TraceRecord(
+            run_id="r", shard_id="s", prompt_id=f"p{i}", sample_index=0,
+            messages=[{"role": "user", "content": arithmetic.question_text(a, b)}], completion=arithmetic.completion_text(a, b),
+            answer=str(a + b), finish_reason="length" if i % 5 == 0 else "stop", prompt_tokens=20,
+            completion_tokens=len(ids) + (100 if i % 7 == 0 else 0), completion_token_ids=ids,
+            topk_ids=[[t, 7, 8][:topk] for t in ids], topk_logprobs=[[-0.1, -3.0, -4.0][:topk] for _ in ids],
+            verified=None if i % 4 == 0 else i % 3 != 0, teacher_model=str(teacher_dir),
+            sampling=json.dumps({"logprobs": topk}), created_at=datetime.now(timezone.utc),
+        ).model_dump())
+    return pa.Table.from_pylist(rows, schema=trace_arrow_schema())
+
+
+def _expected_kept(n: int, data: TraceDataConfig, limit: int | None = None) -> int:
+    keep = 0
+    for i in range(n):
+        verified = None if i % 4 == 0 else i % 3 != 0
+        ok = (not data.verified_only or verified is True) and (not data.require_stop or i % 5 != 0)
+        keep += ok and (limit is None or i % 7 != 0)
+    return keep
+
+
+@pytest.mark.parametrize("data_kwargs", [{}, {"verified_only": False}, {"require_stop": False, "max_completion_tokens": 150}])
+def test_pack_traces_filters_then_packs_every_kept_trace(teacher_dir: Path, data_kwargs: dict) -> None:
+    data = TraceDataConfig(runs=["x"], **data_kwargs)
+    out = pack_traces(_table(teacher_dir), data.model_dump(mode="json"), str(teacher_dir), use_teacher_ids=True,
+                      topk_width=3, max_tokens=512, packing_enabled=True)
+    assert int(out["num_docs"].sum()) == _expected_kept(40, data, data.max_completion_tokens)
+    assert out["input_ids"].shape[1] == 512 and out["topk_ids"].shape[1:] == (512, 3)
+    assert ((out["topk_ids"][..., 0] >= 0) == (out["labels"] >= 0)).all()  # every completion token has teacher top-k
+    assert packing_efficiency(out) > 0.6  # few traces here; the efficiency test uses realistic counts
+
+
+def test_trace_sources_read_one_file_per_run(teacher_dir: Path, tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    files = []
+    for run, topk in (("a", 3), ("b", 2)):
+        for shard in ("s0", "s1"):
+            path = tmp_path / run / "data" / shard / "x.parquet"
+            path.parent.mkdir(parents=True)
+            pq.write_table(_table(teacher_dir, n=2, topk=topk), path)
+            files.append(str(path))
+    sources = trace_sources(files, StorageConfig())
+    assert [(Path(s.run).name, s.topk_width, s.teacher_model) for s in sources] == [("a", 3, str(teacher_dir)), ("b", 2, str(teacher_dir))]
+
+
+def _cfg(**kw) -> TrainingConfig:
+    return TrainingConfig.model_validate({"name": "t", "data": {"runs": ["x"]}} | kw)
+
+
+def test_plan_uses_teacher_ids_when_the_student_shares_the_tokenizer(teacher_dir: Path) -> None:
+    src = [TraceSource("r", str(teacher_dir), 5)]
+    assert plan_tokenization(_cfg(loss={"kd_weight": 1.0}), src) == (str(teacher_dir), True, 5)
+    assert plan_tokenization(_cfg(), src) == (str(teacher_dir), True, 0)  # SFT only: no top-k loaded
+
+
+def test_plan_errors_name_the_key_problem_and_fix(teacher_dir: Path, tmp_path: Path) -> None:
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    with pytest.raises(ValueError, match=r"loss.kd_weight=1.0 but the traces carry no teacher top-k.*sampling.logprobs: 20"):
+        plan_tokenization(_cfg(loss={"kd_weight": 1.0}), [TraceSource("r", str(teacher_dir), 0)])
+    with pytest.raises(ValueError, match=r"several teachers.*set student.tokenizer"):
+        plan_tokenization(_cfg(), [TraceSource("r", "t1", 0), TraceSource("s", "t2", 0)])
+    other = tmp_path / "other"
+    PreTrainedTokenizerFast(tokenizer_object=Tokenizer(WordLevel({"a": 0, "<unk>": 1}, unk_token="<unk>")),
+                            chat_template="{{ messages[0]['content'] }}").save_pretrained(other)
+    src = [TraceSource("r", str(teacher_dir), 5)]
+    with pytest.raises(ValueError, match=r"loss.kd_weight=0.5 needs the student to share the teacher's tokenizer"):
+        plan_tokenization(_cfg(student={"tokenizer": str(other)}, loss={"kd_weight": 0.5}), src)
+    assert plan_tokenization(_cfg(student={"tokenizer": str(other)}), src) == (str(other), False, 0)
+
+
+def test_steps_per_epoch_follow_the_equal_split() -> None:
+    assert steps_per_epoch(rows=69, num_workers=2, micro_batch_size=4, grad_accum=2) == 5  # 34 rows -> 9 micro -> 5
+    assert steps_per_epoch(rows=1, num_workers=2, micro_batch_size=4, grad_accum=1) == 0
