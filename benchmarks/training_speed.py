@@ -202,12 +202,12 @@ def main(argv: list[str] | None = None) -> None:
 
     from potstill.pipelines.output.commit import committed_data_files
     from potstill.pipelines.jobs.run_demo import trained_questions
-    from potstill.cluster.connect import connect_ray
+    from potstill.cluster.connect import ensure_ray
     from potstill.pipelines.jobs.run_training import local_cpus, quiet_ray_data, run_training
     from potstill.pipelines.jobs.evaluate import evaluate, load_eval_prompts
 
     work = Path(tempfile.mkdtemp(prefix="potstill-bench-"))
-    connect_ray(None, local_cpus(WORKERS, 1))
+    ensure_ray(None, local_cpus(WORKERS, 1), dashboard=True)
     quiet_ray_data()
     run = args.run or generate_traces(work / "traces")
     files = committed_data_files(run)

@@ -25,32 +25,23 @@ def forwarded_env() -> dict[str, str]:
     return {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
 
 
-def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Initialise Ray once; idempotent."""
+def ensure_ray(address: str | None = None, num_cpus: int | None = None, *, dashboard: bool = False) -> None:
+    """Join the cluster at `address` / RAY_ADDRESS, or start a new local one; idempotent.
+
+    Without an address the cluster is always a new local one (`address="local"`),
+    never a stray cluster that `ray start` left on this machine. `dashboard`:
+    start the local cluster with its dashboard, which serves the State API that
+    Ray Train's controller watchdog polls (without it, it warns every second).
+    """
     import ray
 
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
-    kwargs = {"runtime_env": {"env_vars": forwarded_env()}, "log_to_driver": True,
-              "logging_level": "WARNING", "configure_logging": True}
+    env = {"RAY_DATA_LOG_LEVEL": os.environ.get("RAY_DATA_LOG_LEVEL", "WARNING"), **forwarded_env()}
+    kwargs = {"runtime_env": {"env_vars": env}, "log_to_driver": True, "logging_level": "WARNING",
+              "configure_logging": True}
     if address:
         ray.init(address=address, **kwargs)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, **kwargs)
-
-
-def connect_ray(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Join the cluster at `address`/RAY_ADDRESS, or start a local Ray with its dashboard (Ray Train's controller
-    watchdog asks the State API, which the dashboard serves; without it, it warns every second)."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    if address or os.environ.get("RAY_ADDRESS"):
-        ensure_ray(address)
-        return
-    env = {"RAY_DATA_LOG_LEVEL": os.environ.get("RAY_DATA_LOG_LEVEL", "WARNING"), **forwarded_env()}
-    # address="local": a new local cluster, never a stray one another process started on this machine.
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, runtime_env={"env_vars": env},
-             log_to_driver=True, logging_level="WARNING", configure_logging=True)
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, **kwargs)

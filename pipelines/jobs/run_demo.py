@@ -54,7 +54,7 @@ def run_demo(
 ) -> dict[str, Any]:
     """Run the three stages; returns the summary (teacher_acc, student_acc, params, traces, out, ...)."""
     from potstill.pipelines.output.commit import committed_data_files
-    from potstill.cluster.connect import connect_ray
+    from potstill.cluster.connect import ensure_ray
     from potstill.pipelines.jobs.run_training import local_cpus, run_training
     from potstill.pipelines.jobs.evaluate import count_parameters, evaluate, load_eval_prompts
     from potstill.pipelines.jobs.run_generation import output_uri, run_generation
@@ -68,7 +68,7 @@ def run_demo(
         "output.uri": str(root / "traces"), "prompts.arithmetic.count": prompts, "sampling.n": 1})
     train_cfg = load_config(TRAINING_CONFIG, TrainingConfig, {
         "data.runs": [output_uri(gen_cfg)], "checkpoint.storage_path": str(root / "train")})
-    connect_ray(None, local_cpus(train_cfg.scaling.num_workers, train_cfg.scaling.cpus_per_worker))
+    ensure_ray(None, local_cpus(train_cfg.scaling.num_workers, train_cfg.scaling.cpus_per_worker), dashboard=True)
     stage(f"1/3 generating {prompts} traces with the shipped teacher ({gen_cfg.teacher.model}) into {root / 'traces'}")
     generation = run_generation(gen_cfg, on_progress=on_generation)
     traces_uri = output_uri(gen_cfg)

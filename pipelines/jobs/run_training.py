@@ -32,7 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from potstill.cluster.connect import connect_ray
+from potstill.cluster.connect import ensure_ray
 from potstill.pipelines.distill.dataset import TraceSource, arrow_filesystem, trace_sources
 from potstill.pipelines.jobs.train_dataset import build_dataset
 
@@ -195,7 +195,7 @@ def run_training(
     tok = load_tokenizer(tokenizer_path)
     spec = PackSpec(cfg.data.model_dump(mode="json"), tokenizer_path, use_teacher_ids, width, cfg.packing.max_tokens,
                     cfg.packing.enabled, tok.pad_token_id if tok.pad_token_id is not None else 0)
-    connect_ray(address, local_cpus(cfg.scaling.num_workers, cfg.scaling.cpus_per_worker))
+    ensure_ray(address, local_cpus(cfg.scaling.num_workers, cfg.scaling.cpus_per_worker), dashboard=True)
     quiet_ray_data()
     use_gpu = cfg.scaling.use_gpu if cfg.scaling.use_gpu is not None else ray.cluster_resources().get("GPU", 0) > 0
     if on_progress is not None:

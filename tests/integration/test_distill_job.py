@@ -46,9 +46,9 @@ TRAIN_EXAMPLE = REPO / "examples" / "distill_arithmetic.yaml"
 def ray_cluster():
     import ray
 
-    from potstill.cluster.connect import connect_ray
+    from potstill.cluster.connect import ensure_ray
 
-    connect_ray(None, num_cpus=4)  # 2 train workers plus Ray Data and the generation controller
+    ensure_ray(None, num_cpus=4, dashboard=True)  # 2 train workers plus Ray Data and the generation controller
     yield
     ray.shutdown()
 
