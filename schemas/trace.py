@@ -3,6 +3,14 @@
 `TraceRecord` is the single definition of a shard row; `trace_arrow_schema()`
 derives the Parquet/Arrow schema from it (compact dtypes are declared per field
 with `arrow=`), so the two can never drift apart.
+
+Trace layout versions (`schema_version` of every row and the
+`potstill.schema_version` Parquet metadata say which one a shard holds):
+1 stored the teacher's top-k log-probabilities as float16 (~6 bytes an entry
+before compression); 2 stores them as uint8 codes sorted per token
+(`pipelines/output/topk_codec.py`) and writes the top-k ids with Parquet's
+BYTE_STREAM_SPLIT encoding. Readers load both (`trace_arrow_schema(1)` is the
+old layout).
 """
 
 from __future__ import annotations
@@ -14,8 +22,11 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from potstill.schemas.base import SCHEMA_VERSION, StrictModel
+from potstill.schemas.base import StrictModel
 from potstill.schemas.prompt import Message
+
+TRACE_SCHEMA_VERSION = 2
+"""Layout version of trace shards written now (see module docstring)."""
 
 FinishReason = Literal["stop", "length", "abort", "error"]
 
@@ -27,7 +38,7 @@ def _arrow(kind: str) -> dict[str, Any]:
 class TraceRecord(StrictModel):
     """One sampled completion of a prompt, with its verification and provenance."""
 
-    schema_version: int = Field(default=SCHEMA_VERSION, description="Layout version of this record.", json_schema_extra=_arrow("int16"))
+    schema_version: int = Field(default=TRACE_SCHEMA_VERSION, description="Layout version of this record (2: compact top-k log-probabilities; the writer stamps the version it writes).", json_schema_extra=_arrow("int16"))
     run_id: str = Field(description="The generation run that produced this row.", json_schema_extra=_arrow("string"))
     shard_id: str = Field(description="Deterministic id of the work unit / shard holding this row.", json_schema_extra=_arrow("string"))
     prompt_id: str = Field(description="sha256 of the canonical prompt messages.", json_schema_extra=_arrow("string"))
@@ -42,8 +53,8 @@ class TraceRecord(StrictModel):
     prompt_tokens: int = Field(description="Prompt length in teacher tokens (after the chat template).", json_schema_extra=_arrow("int32"))
     completion_tokens: int = Field(description="Completion length in teacher tokens.", json_schema_extra=_arrow("int32"))
     completion_token_ids: list[int] | None = Field(default=None, description="Teacher token ids of the completion (aligns with top-k logprobs).", json_schema_extra=_arrow("list<int32>"))
-    topk_ids: list[list[int]] | None = Field(default=None, description="Per completion token, the teacher's top-k token ids.", json_schema_extra=_arrow("list<list<int32>>"))
-    topk_logprobs: list[list[float]] | None = Field(default=None, description="Per completion token, the top-k log-probabilities (float16 on disk).", json_schema_extra=_arrow("list<list<float16>>"))
+    topk_ids: list[list[int]] | None = Field(default=None, description="Per completion token, the teacher's top-k token ids (on disk sorted by log-probability, highest first; BYTE_STREAM_SPLIT-encoded).", json_schema_extra=_arrow("list<list<int32>>"))
+    topk_logprobs: list[list[float]] | None = Field(default=None, description="Per completion token, the top-k log-probabilities; on disk uint8 codes, each the difference of round(-logprob * 16) to the previous entry's (decode: potstill.pipelines.output.topk_codec).", json_schema_extra=_arrow("list<list<uint8>>"))
     verified: bool | None = Field(default=None, description="Verifier verdict; None when no verifier ran.", json_schema_extra=_arrow("bool"))
     verifier: str | None = Field(default=None, description="Name of the verifier that judged this row.", json_schema_extra=_arrow("string"))
     teacher_model: str = Field(description="Teacher model name or path.", json_schema_extra=_arrow("string"))
@@ -61,23 +72,34 @@ def _arrow_type(kind: str):
         "list<int32>": pa.list_(pa.int32()),
         "list<list<int32>>": pa.list_(pa.list_(pa.int32())),
         "list<list<float16>>": pa.list_(pa.list_(pa.float16())),
+        "list<list<uint8>>": pa.list_(pa.list_(pa.uint8())),
         "messages": pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())])),
     }
     return simple[kind]
 
 
-def trace_arrow_schema():
-    """The Arrow schema of a shard, derived from `TraceRecord` (field order kept)."""
+_V1_KINDS = {"topk_logprobs": "list<list<float16>>"}
+"""Where layout version 1 differs from the current one."""
+
+
+def _layout(version: int) -> list[tuple[str, str]]:
+    if version not in (1, TRACE_SCHEMA_VERSION):
+        raise ValueError(f"trace schema version {version} is unknown; this potstill reads versions 1 and {TRACE_SCHEMA_VERSION}")
+    kinds = [(n, (i.json_schema_extra or {})["arrow"]) for n, i in TraceRecord.model_fields.items()]
+    return [(n, _V1_KINDS.get(n, k)) for n, k in kinds] if version == 1 else kinds
+
+
+def trace_arrow_schema(version: int = TRACE_SCHEMA_VERSION):
+    """The Arrow schema of a shard of layout `version`, derived from `TraceRecord` (field order kept)."""
     import pyarrow as pa
 
     fields = []
-    for name, info in TraceRecord.model_fields.items():
-        kind = (info.json_schema_extra or {})["arrow"]
+    for name, kind in _layout(version):
+        info = TraceRecord.model_fields[name]
         fields.append(pa.field(name, _arrow_type(kind), nullable=not info.is_required() and info.default is None))
-    return pa.schema(fields, metadata={b"potstill.schema_version": str(SCHEMA_VERSION).encode()})
+    return pa.schema(fields, metadata={b"potstill.schema_version": str(version).encode()})
 
 
 def trace_schema_hash() -> str:
-    """A short stable hash of the trace layout, recorded in commits and manifests."""
-    layout = [(n, (i.json_schema_extra or {})["arrow"]) for n, i in TraceRecord.model_fields.items()]
-    return hashlib.sha256(json.dumps([SCHEMA_VERSION, layout]).encode()).hexdigest()[:16]
+    """A short stable hash of the current trace layout, recorded in commits and manifests."""
+    return hashlib.sha256(json.dumps([TRACE_SCHEMA_VERSION, _layout(TRACE_SCHEMA_VERSION)]).encode()).hexdigest()[:16]

@@ -8,9 +8,10 @@ Only the explicit list of committed files is read (never a prefix listing).
 Filtering, tokenization and packing run in one `map_batches` over groups of
 `PACK_GROUP` traces: each group is packed on its own (best-fit decreasing),
 which streams and scales with the data while keeping packing efficiency high.
-Every output row has the same shapes, and the rows are split equally among
-the workers (`jobs.train_dataset.FixedSplit`), so every worker gets the same number of
-batches and DDP never waits on a worker that ran out.
+Every output row has the same shapes, whatever trace layout it came from
+(`trace_sources` records each run's layout, so the job can read runs of
+different layouts in separate groups); the workers read their part of every
+global batch (`global_order.py`), so every worker runs the same number of steps.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import numpy as np
 
 from potstill.pipelines.distill.packing import pack
 from potstill.pipelines.distill.tokenize import TraceTokenizer, rows_from_arrow
+from potstill.pipelines.output.topk_codec import is_compact
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -48,6 +50,8 @@ class TraceSource:
     teacher_model: str
     topk_width: int
     """`sampling.logprobs` of the run: the most top-k entries a token can carry (0: none)."""
+    layout: int = 2
+    """Trace layout version of the run's shards (1: float16 top-k log-probabilities; 2: compact codes)."""
 
 
 def arrow_filesystem(uri: str, storage: "StorageConfig") -> Any:
@@ -71,7 +75,8 @@ def read_columns(use_teacher_ids: bool, topk_width: int) -> list[str]:
     return BASE_COLUMNS + (["completion_token_ids"] if use_teacher_ids else []) + (["topk_ids", "topk_logprobs"] if topk_width else [])
 
 
-def _run_of(path: str) -> str:
+def run_of(path: str) -> str:
+    """The generation run root a committed data file belongs to."""
     # Committed data lives at <run>/data/<shard_id>/<attempt>.parquet (DESIGN.md, commit protocol).
     return path.rsplit("/data/", 1)[0] if "/data/" in path else path
 
@@ -82,7 +87,7 @@ def trace_sources(data_files: list[str], storage: "StorageConfig") -> list[Trace
 
     first_file: dict[str, str] = {}
     for f in data_files:
-        first_file.setdefault(_run_of(f), f)
+        first_file.setdefault(run_of(f), f)
     sources = []
     for run, path in first_file.items():
         fs = arrow_filesystem(path, storage)
@@ -90,10 +95,12 @@ def trace_sources(data_files: list[str], storage: "StorageConfig") -> list[Trace
             if pf.metadata.num_rows == 0:
                 continue
             head = pf.read_row_group(0, columns=["teacher_model", "sampling"]).slice(0, 1).to_pylist()
+            schema = pf.schema_arrow
         if not head:
             continue
         sampling = json.loads(head[0]["sampling"] or "{}")
-        sources.append(TraceSource(run, head[0]["teacher_model"], int(sampling.get("logprobs") or 0)))
+        layout = 2 if "topk_logprobs" not in schema.names or is_compact(schema.field("topk_logprobs").type) else 1
+        sources.append(TraceSource(run, head[0]["teacher_model"], int(sampling.get("logprobs") or 0), layout))
     return sources
 
 
@@ -113,10 +120,12 @@ def keep_mask(table: "pa.Table", data: "TraceDataConfig") -> "pa.Array":
 
 
 @functools.lru_cache(maxsize=4)
-def _trace_tokenizer(tokenizer_path: str, use_teacher_ids: bool, topk_width: int) -> TraceTokenizer:
+def _trace_tokenizer(tokenizer_path: str, use_teacher_ids: bool, topk_width: int, storage_json: str) -> TraceTokenizer:
     from potstill.pipelines.distill.student import load_tokenizer
+    from potstill.schemas.generation import StorageConfig
 
-    return TraceTokenizer(load_tokenizer(tokenizer_path), use_teacher_ids, topk_width)
+    storage = StorageConfig.model_validate_json(storage_json)
+    return TraceTokenizer(load_tokenizer(tokenizer_path, storage), use_teacher_ids, topk_width)
 
 
 def pack_traces(
@@ -126,8 +135,9 @@ def pack_traces(
     """The `map_batches` function: filter, tokenize and pack one group of trace rows."""
     from potstill.schemas.training import TraceDataConfig
 
-    tok = _trace_tokenizer(tokenizer_path, use_teacher_ids, topk_width)
-    kept = table.filter(keep_mask(table, TraceDataConfig.model_validate(data_cfg)))
+    data = TraceDataConfig.model_validate(data_cfg)
+    tok = _trace_tokenizer(tokenizer_path, use_teacher_ids, topk_width, data.storage.model_dump_json())
+    kept = table.filter(keep_mask(table, data))
     docs = [tok(row) for row in rows_from_arrow(kept, topk_width)]
     too_long = sum(len(d) > max_tokens for d in docs)
     if too_long:

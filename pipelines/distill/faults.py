@@ -2,6 +2,7 @@
 
     POTSTILL_FAULT_TRAIN_STEP=7 potstill train CONFIG.yaml        # rank 0 raises after optimizer step 7
     POTSTILL_FAULT_TRAIN_STEP=7:1 potstill train CONFIG.yaml      # rank 1 does
+    POTSTILL_FAULT_TRAIN_STEP=7:1:kill potstill train CONFIG.yaml # rank 1's process is killed (SIGKILL)
 
 For fault-tolerance tests only (never set it in production). The driver
 reads the variable when the job starts and passes it to the workers; the
@@ -32,6 +33,8 @@ class FaultPlan:
     step: int
     rank: int
     marker: str
+    kill: bool = False
+    """SIGKILL the worker process instead of raising (a crash with no Python cleanup: what a lost node looks like)."""
 
 
 def fault_from_env(run_dir: str) -> dict[str, Any] | None:
@@ -39,11 +42,14 @@ def fault_from_env(run_dir: str) -> dict[str, Any] | None:
     raw = os.environ.get(FAULT_ENV, "").strip()
     if not raw:
         return None
-    step, _, rank = raw.partition(":")
+    step, _, rest = raw.partition(":")
+    rank, _, action = rest.partition(":")
     try:
-        plan = FaultPlan(int(step), int(rank or 0), f"{run_dir.rstrip('/')}/faults/step-{int(step)}")
+        if action not in ("", "kill"):
+            raise ValueError(action)
+        plan = FaultPlan(int(step), int(rank or 0), f"{run_dir.rstrip('/')}/faults/step-{int(step)}", action == "kill")
     except ValueError:
-        raise ValueError(f"{FAULT_ENV}={raw!r} is not 'STEP' or 'STEP:RANK' (integers); fix or unset it") from None
+        raise ValueError(f"{FAULT_ENV}={raw!r} is not 'STEP', 'STEP:RANK' or 'STEP:RANK:kill' (integers); fix or unset it") from None
     return asdict(plan)
 
 
@@ -59,4 +65,9 @@ def maybe_fail(plan: dict[str, Any] | None, step: int, rank: int, filesystem: An
     filesystem.create_dir(marker.rsplit("/", 1)[0], recursive=True)
     with filesystem.open_output_stream(marker) as f:
         f.write(b"fired\n")
+    if plan.get("kill"):
+        import os
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
     raise InjectedFault(f"{FAULT_ENV}: injected failure of rank {rank} after step {step} (a test hook; unset it for real runs)")

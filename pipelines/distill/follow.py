@@ -78,7 +78,7 @@ def _broadcast(obj: Any) -> Any:
 
 
 class FollowSource:
-    """`epoch_batches(epoch, skip)` for `run_loop` over live runs (see module docstring)."""
+    """`epoch_batches(epoch, state)` for `run_loop` over live runs (see module docstring)."""
 
     def __init__(
         self, state: "LoopState", reader: LocalReader, spec: PackSpec, device: "torch.device",
@@ -100,7 +100,8 @@ class FollowSource:
         if watcher is not None:
             watcher.seen.update(data["done"] + (data["round"] or []))
 
-    def __call__(self, epoch: int, skip_micro: int = 0) -> Iterator[dict[str, np.ndarray]]:
+    def __call__(self, epoch: int, state: "LoopState") -> Iterator[dict[str, np.ndarray]]:
+        skip_micro = state.micro_in_epoch
         if epoch > 0:
             return skip_consumed(self._stream(self.state.data["done"], 1_000_000 + epoch), skip_micro)
         return self._live(skip_micro)

@@ -9,6 +9,10 @@ A fresh student is a `LlamaForCausalLM` sized by `StudentConfig`, with the
 vocabulary of its tokenizer (rounded up to a multiple of 64, as the shipped
 teacher does) and head_dim = hidden / heads >= 64 so vLLM's CPU backend can
 serve it. The saved folder loads offline in transformers and vLLM.
+`load_student` loads a whole pretrained model in one process (single worker,
+DDP, tests); the sharded, meta-device path for large students is
+`student_init.build_trainable`. Student folders may be local or s3://
+(`student_files.local_model_dir`).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from potstill.schemas.generation import StorageConfig
     from potstill.schemas.training import LossConfig, StudentConfig
 
 MIN_HEAD_DIM = 64
@@ -36,13 +41,13 @@ def student_tokenizer_path(cfg: "StudentConfig", teacher: str | None) -> str:
     return resolve_model(name)
 
 
-def load_tokenizer(path: str) -> Any:
-    """A Hugging Face tokenizer from a local folder (or a shipped `potstill:` name); never downloads."""
+def load_tokenizer(path: str, storage: "StorageConfig | None" = None) -> Any:
+    """A Hugging Face tokenizer from a local or s3:// folder (or a shipped `potstill:` name); never downloads from a hub."""
     from transformers import AutoTokenizer
 
-    from potstill.pipelines.models.assets import resolve_model
+    from potstill.pipelines.distill.student_files import local_model_dir
 
-    return AutoTokenizer.from_pretrained(resolve_model(path), local_files_only=True)
+    return AutoTokenizer.from_pretrained(local_model_dir(path, storage, weights=False), local_files_only=True)
 
 
 def same_vocabulary(a: Any, b: Any) -> bool:
@@ -50,22 +55,37 @@ def same_vocabulary(a: Any, b: Any) -> bool:
     return a.get_vocab() == b.get_vocab()
 
 
+def vocabulary_difference(student_tok: Any, teacher_tok: Any) -> str:
+    """Why two vocabularies differ, in words: sizes and the first tokens whose ids disagree."""
+    s, t = student_tok.get_vocab(), teacher_tok.get_vocab()
+    only_s, only_t = sorted(set(s) - set(t), key=s.get), sorted(set(t) - set(s), key=t.get)
+    moved = sorted((tok for tok in set(s) & set(t) if s[tok] != t[tok]), key=t.get)
+    parts = [f"{len(s)} tokens in the student's, {len(t)} in the teacher's"]
+    if moved:
+        parts.append(f"{len(moved)} shared tokens have other ids (e.g. {moved[0]!r}: {s[moved[0]]} vs {t[moved[0]]})")
+    if only_t:
+        parts.append(f"{len(only_t)} teacher tokens are missing from the student's (e.g. {only_t[0]!r})")
+    if only_s:
+        parts.append(f"{len(only_s)} student tokens are not the teacher's (e.g. {only_s[0]!r})")
+    return "; ".join(parts)
+
+
 def check_kd_tokenizer(loss: "LossConfig", student_tok: Any, teacher_tok: Any) -> None:
-    """Raise when KD is on but the student's tokenizer differs from the teacher's."""
+    """Raise when KD is on but the student's tokenizer differs from the teacher's (the reason names the difference)."""
     if loss.kd_weight > 0 and not same_vocabulary(student_tok, teacher_tok):
         raise ValueError(
             f"loss.kd_weight={loss.kd_weight} needs the student to share the teacher's tokenizer, but the student's "
-            f"({getattr(student_tok, 'name_or_path', '?')}, {len(student_tok.get_vocab())} tokens) and the teacher's "
-            f"({getattr(teacher_tok, 'name_or_path', '?')}, {len(teacher_tok.get_vocab())} tokens) differ, so the "
-            "teacher's top-k ids would point at the wrong tokens; set loss.kd_weight: 0 (SFT only) or use the "
-            "teacher's tokenizer (leave student.tokenizer unset for a fresh student)"
+            f"({getattr(student_tok, 'name_or_path', '?')}) and the teacher's ({getattr(teacher_tok, 'name_or_path', '?')}) "
+            f"differ: {vocabulary_difference(student_tok, teacher_tok)}. The teacher's top-k ids would point at the "
+            "wrong tokens; set loss.kd_weight: 0 (SFT only), or use a student that shares the teacher's tokenizer "
+            "(its model family; leave student.tokenizer unset for a fresh student)"
         )
 
 
-def build_student(cfg: "StudentConfig", tokenizer: Any, max_positions: int, seed: int = 0) -> Any:
+def build_student(cfg: "StudentConfig", tokenizer: Any, max_positions: int, seed: int = 0, attn: str = "sdpa") -> Any:
     """A freshly initialised `LlamaForCausalLM` of the configured size (float32)."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM, LlamaConfig
 
     if cfg.hidden_size % cfg.num_heads or cfg.hidden_size // cfg.num_heads < MIN_HEAD_DIM:
         raise ValueError(
@@ -89,25 +109,44 @@ def build_student(cfg: "StudentConfig", tokenizer: Any, max_positions: int, seed
         pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(seed)
-    return LlamaForCausalLM(config)
+    return AutoModelForCausalLM.from_config(config, attn_implementation=attn, dtype=torch.float32)
 
 
-def load_student(cfg: "StudentConfig", tokenizer: Any, max_positions: int, seed: int = 0) -> Any:
-    """The student to train: `cfg.model` loaded from its folder, or a fresh `build_student`."""
+def attn_implementation(cfg: "StudentConfig", device_type: str) -> str:
+    """The transformers attention implementation: the configured one, or for `auto` flash-attention 2 on GPU when
+    the flash_attn package is installed, else SDPA."""
+    if cfg.attn_implementation != "auto":
+        return cfg.attn_implementation
+    if device_type == "cuda":
+        import importlib.util
+
+        if importlib.util.find_spec("flash_attn") is not None:
+            return "flash_attention_2"
+    return "sdpa"
+
+
+def check_vocab(cfg: "StudentConfig", embeddings: int, tokenizer: Any) -> None:
+    """Raise when the model has fewer embeddings than its tokenizer has tokens."""
+    if embeddings < len(tokenizer):
+        raise ValueError(
+            f"student.model {cfg.model!r} has {embeddings} embeddings but its tokenizer has {len(tokenizer)} tokens; "
+            "set student.tokenizer to the tokenizer the model was trained with"
+        )
+
+
+def load_student(cfg: "StudentConfig", tokenizer: Any, max_positions: int, seed: int = 0,
+                 storage: "StorageConfig | None" = None, device_type: str = "cpu") -> Any:
+    """The whole student in this process: `cfg.model` loaded from its folder (float32), or a fresh `build_student`."""
     if cfg.model is None:
-        return build_student(cfg, tokenizer, max_positions, seed)
+        return build_student(cfg, tokenizer, max_positions, seed, attn=attn_implementation(cfg, device_type))
     import torch
     from transformers import AutoModelForCausalLM
 
-    from potstill.pipelines.models.assets import resolve_model
+    from potstill.pipelines.distill.student_files import local_model_dir
 
-    model = AutoModelForCausalLM.from_pretrained(resolve_model(cfg.model), dtype=torch.float32, local_files_only=True)
-    vocab = model.get_input_embeddings().num_embeddings
-    if vocab < len(tokenizer):
-        raise ValueError(
-            f"student.model {cfg.model!r} has {vocab} embeddings but its tokenizer has {len(tokenizer)} tokens; "
-            "set student.tokenizer to the tokenizer the model was trained with"
-        )
+    model = AutoModelForCausalLM.from_pretrained(local_model_dir(cfg.model, storage), dtype=torch.float32,
+                                                 local_files_only=True, attn_implementation=attn_implementation(cfg, device_type))
+    check_vocab(cfg, model.get_input_embeddings().num_embeddings, tokenizer)
     return model
 
 

@@ -150,8 +150,11 @@ def rows_from_arrow(table: "pa.Table", topk_width: int) -> list[dict[str, Any]]:
         for row, ids in zip(rows, _ragged(table.column("completion_token_ids"))):
             row["completion_token_ids"] = ids
     if topk_width and {"topk_ids", "topk_logprobs"} <= columns:
+        from potstill.pipelines.output.topk_codec import is_compact
+
         ids = _ragged_topk(table.column("topk_ids"), topk_width, np.int32, -1)
-        lps = _ragged_topk(table.column("topk_logprobs"), topk_width, np.float16, 0)
+        compact = is_compact(table.schema.field("topk_logprobs").type)  # layout 2: uint8 codes; 1: float16
+        lps = _ragged_topk(table.column("topk_logprobs"), topk_width, np.float16, 0, decode=compact)
         for row, i, lp in zip(rows, ids, lps):
             row["topk_ids"], row["topk_logprobs"] = i, lp
     return rows
@@ -170,8 +173,10 @@ def _ragged(column: "pa.ChunkedArray | pa.Array") -> list[np.ndarray | None]:
     return [values[bounds[i] : bounds[i + 1]] if valid[i] else None for i in range(len(arr))]
 
 
-def _ragged_topk(column: "pa.ChunkedArray | pa.Array", width: int, dtype: Any, fill: Any) -> list[np.ndarray | None]:
-    """list<list<x>> column -> one dense [tokens, width] array per row, padded with `fill` (None for a null row)."""
+def _ragged_topk(column: "pa.ChunkedArray | pa.Array", width: int, dtype: Any, fill: Any,
+                 decode: bool = False) -> list[np.ndarray | None]:
+    """list<list<x>> column -> one dense [tokens, width] array per row, padded with `fill` (None for a null row);
+    `decode`: the values are compact log-probability codes (`topk_codec`), decoded first."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -180,6 +185,10 @@ def _ragged_topk(column: "pa.ChunkedArray | pa.Array", width: int, dtype: Any, f
     inner = arr.flatten()
     k_per_token = pc.fill_null(pc.list_value_length(inner), 0).to_numpy(zero_copy_only=False).astype(np.int64)
     values = inner.flatten().to_numpy(zero_copy_only=False)
+    if decode:
+        from potstill.pipelines.output.topk_codec import decode_codes
+
+        values = decode_codes(values, k_per_token)
     dense = np.full((len(inner), width), fill, dtype=dtype)
     token_of_value = np.repeat(np.arange(len(inner)), k_per_token)
     rank = np.arange(len(values)) - np.repeat(np.cumsum(k_per_token) - k_per_token, k_per_token)

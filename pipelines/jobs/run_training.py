@@ -7,19 +7,23 @@ Reads exactly the committed Parquet files the runs' manifests list
 (`run_data.finished_run_files`; a run without manifest.json/_SUCCESS is
 refused with the fix), checks the student/teacher tokenizers and the KD
 inputs up front (clear errors before any worker starts), builds the packed
-Ray dataset and runs a `TorchTrainer` (gloo on CPU, NCCL and bf16 autocast on
-GPU) with `RunConfig(name=cfg.name, storage_path=cfg.checkpoint.storage_path)`,
+Ray dataset and runs a `TorchTrainer` (gloo on CPU, NCCL on GPU) with
+`RunConfig(name=cfg.name, storage_path=cfg.checkpoint.storage_path)`,
 `CheckpointConfig(num_to_keep=checkpoint.keep)` and
-`FailureConfig(max_failures=checkpoint.max_failures)`. Ray Train V2 keeps a
-checkpoint-manager snapshot under `<storage_path>/<name>/`; a re-run with the
-same name loads it and the workers resume from the latest checkpoint (the step
-counter continues). The final student is copied to
-`<storage_path>/<name>/student/` as a Hugging Face folder.
+`FailureConfig(max_failures=checkpoint.max_failures)`. The workers write
+torch distributed checkpoints (one file per rank) under
+`<storage_path>/<name>/checkpoint_<step>/` and register them with Ray Train,
+which keeps a checkpoint-manager snapshot there; a re-run with the same name
+loads it and the workers resume from the latest checkpoint (the step counter
+continues), on any worker count. The final student is exported as a Hugging
+Face folder to `<storage_path>/<name>/student/`.
 
 With `data.follow` the workers read shards as they commit (`follow.py`); the
 driver only waits for the first one (to learn the teacher and top-k width).
-Without `run.max_steps` the packed dataset is materialized once: its row count
-sets the steps per epoch and the LR schedule length, and epochs reuse it.
+Otherwise the packed dataset is materialized once: its row count sets the
+steps per epoch and (without `run.max_steps`) the LR schedule length, epochs
+reuse it, and every worker reads its part of each global batch from its blocks
+(`global_order.py`: the same batches on any worker count).
 """
 
 from __future__ import annotations
@@ -34,22 +38,20 @@ from typing import TYPE_CHECKING, Any
 
 from potstill.cluster.connect import ensure_ray
 from potstill.pipelines.distill.dataset import TraceSource, arrow_filesystem, trace_sources
-from potstill.pipelines.jobs.train_dataset import build_dataset
+from potstill.pipelines.jobs.train_dataset import build_dataset, materialized_blocks, split_by_format
 
 if TYPE_CHECKING:
     from potstill.schemas.training import TrainingConfig
 
-STUDENT_SUBDIR = "student"
 FOLLOW_UNBOUNDED_STEPS = 2**62
 """Step budget of a follow-mode job with a constant schedule and no run.max_steps: it ends with the run."""
 
 ProgressFn = Callable[[dict[str, Any]], None]
 
 
-def steps_per_epoch(rows: int, num_workers: int, micro_batch_size: int, grad_accum: int) -> int:
-    """Optimizer steps per epoch: Ray's equal split gives each worker rows // num_workers rows."""
-    micro = math.ceil((rows // num_workers) / micro_batch_size)
-    return math.ceil(micro / grad_accum)
+def steps_per_epoch(rows: int, global_batch: int) -> int:
+    """Optimizer steps per epoch of `rows` packed rows, `global_batch` rows a step (the last step may be short)."""
+    return math.ceil(rows / global_batch)
 
 
 def _teacher_of(sources: list[TraceSource]) -> str | None:
@@ -93,7 +95,7 @@ def plan_tokenization(cfg: "TrainingConfig", sources: list[TraceSource]) -> tupl
                 f"{teacher!r} is not a local folder; make it available at that path or set loss.kd_weight: 0"
             )
         return path, False, 0  # SFT only: re-tokenizing the completion text is always correct
-    student_tok, teacher_tok = load_tokenizer(path), load_tokenizer(teacher_path)
+    student_tok, teacher_tok = load_tokenizer(path, cfg.data.storage), load_tokenizer(teacher_path)
     check_kd_tokenizer(cfg.loss, student_tok, teacher_tok)
     return path, same_vocabulary(student_tok, teacher_tok), width
 
@@ -169,19 +171,16 @@ def run_training(
     from `committed_data_files`); by default they are the manifests' files of
     `cfg.data.runs`, or, with `data.follow`, whatever commits while training.
     """
-    import pyarrow.fs as pafs
     import ray
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from potstill.pipelines.distill.checkpointing import HF_SUBDIR
     from potstill.pipelines.distill.faults import fault_from_env
-    from potstill.pipelines.jobs.train_dataset import FixedSplit
     from potstill.pipelines.distill.local_reader import PackSpec
     from potstill.pipelines.distill.progress import TrainProgress
     from potstill.pipelines.distill.run_data import finished_run_files
     from potstill.pipelines.distill.student import load_tokenizer
-    from potstill.pipelines.jobs.train_worker import train_func, worker_config
+    from potstill.pipelines.jobs.train_worker import STUDENT_SUBDIR, train_func, worker_config
 
     started = time.time()
     check_follow(cfg)
@@ -192,7 +191,7 @@ def run_training(
         raise ValueError(f"no committed data files for data.runs={cfg.data.runs}; generate (and commit) traces first")
     sources = trace_sources(data_files, cfg.data.storage)
     tokenizer_path, use_teacher_ids, width = plan_tokenization(cfg, sources)
-    tok = load_tokenizer(tokenizer_path)
+    tok = load_tokenizer(tokenizer_path, cfg.data.storage)
     spec = PackSpec(cfg.data.model_dump(mode="json"), tokenizer_path, use_teacher_ids, width, cfg.packing.max_tokens,
                     cfg.packing.enabled, tok.pad_token_id if tok.pad_token_id is not None else 0)
     ensure_ray(address, local_cpus(cfg.scaling.num_workers, cfg.scaling.cpus_per_worker), dashboard=True)
@@ -201,25 +200,22 @@ def run_training(
     if on_progress is not None:
         on_progress({"phase": "packing traces", "step": 0, "total_steps": None})
 
-    datasets, rows, traces, efficiency = {}, None, None, None
+    ds, blocks, rows, traces, efficiency = None, None, None, None, None
     total = cfg.run.max_steps
     if not follow:
-        ds = build_dataset(data_files, cfg, tokenizer_path, use_teacher_ids, width)
+        ds = build_dataset(split_by_format(data_files, sources), cfg, tokenizer_path, use_teacher_ids, width)
+        ds.context.execution_options.preserve_order = True  # same rows in the same order on every run
+        ds = ds.materialize()
+        rows = ds.count()
+        if rows == 0:
+            raise ValueError(f"no trace of data.runs {cfg.data.runs} passed the data filters (verified_only, "
+                             "require_stop, max_completion_tokens) and fit packing.max_tokens; relax them or add traces")
         if total is None:
-            ds.context.execution_options.preserve_order = True  # same rows in the same order on every run
-            ds = ds.materialize()
-            rows = ds.count()
-            per_epoch = steps_per_epoch(rows, cfg.scaling.num_workers, cfg.run.micro_batch_size, cfg.run.grad_accum_steps)
-            if per_epoch == 0:
-                raise ValueError(
-                    f"the traces pack into {rows} sequences, fewer than scaling.num_workers={cfg.scaling.num_workers}; "
-                    "add traces, lower packing.max_tokens or lower scaling.num_workers"
-                )
-            total = cfg.run.epochs * per_epoch
-            sums = ds.sum(["num_docs", "num_tokens"])  # one pass over the materialized rows
-            traces = int(sums["sum(num_docs)"])
-            efficiency = float(sums["sum(num_tokens)"]) / (rows * cfg.packing.max_tokens)
-        datasets = {"train": ds}
+            total = cfg.run.epochs * steps_per_epoch(rows, cfg.global_batch())
+        sums = ds.sum(["num_docs", "num_tokens"])  # one pass over the materialized rows
+        traces = int(sums["sum(num_docs)"])
+        efficiency = float(sums["sum(num_tokens)"]) / (rows * cfg.packing.max_tokens)
+        blocks = materialized_blocks(ds)
     elif total is None:
         total = FOLLOW_UNBOUNDED_STEPS
 
@@ -231,7 +227,7 @@ def run_training(
     resources = {"CPU": cfg.scaling.cpus_per_worker} | ({"GPU": 1} if use_gpu else {})
     trainer = TorchTrainer(
         train_func,
-        train_loop_config=worker_config(cfg, spec, total, board, fault_from_env(run_dir)),
+        train_loop_config=worker_config(cfg, spec, total, board, fault_from_env(run_dir), blocks),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=use_gpu, resources_per_worker=resources),
         run_config=ray.train.RunConfig(
@@ -240,8 +236,6 @@ def run_training(
             failure_config=ray.train.FailureConfig(max_failures=cfg.checkpoint.max_failures),
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
         ),
-        datasets=datasets,
-        dataset_config=FixedSplit(),
     )
     stop = threading.Event()
     watcher = threading.Thread(target=_watch, args=(board, on_progress, stop), daemon=True) if on_progress else None
@@ -258,11 +252,6 @@ def run_training(
 
     final = result.checkpoint
     student_dir = f"{run_dir}/{STUDENT_SUBDIR}"
-    fs = final.filesystem
-    if fs.get_file_info(student_dir).type != pafs.FileType.NotFound:
-        fs.delete_dir(student_dir)
-    fs.create_dir(student_dir, recursive=True)
-    pafs.copy_files(f"{final.path}/{HF_SUBDIR}", student_dir, source_filesystem=fs, destination_filesystem=fs)
     metrics = result.metrics or {}
     return {
         "name": cfg.name,

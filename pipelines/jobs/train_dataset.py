@@ -1,71 +1,61 @@
-"""The training job's Ray Data pipeline, and how Ray Train hands it to the workers in fixed equal splits.
+"""The training job's Ray Data pipeline: committed trace files -> filtered, tokenized, packed rows.
 
-    ds = build_dataset(files, cfg, tokenizer_path, use_teacher_ids=True, topk_width=20)
-    trainer = TorchTrainer(..., datasets={"train": ds.materialize()}, dataset_config=FixedSplit())
+    ds = build_dataset([files], cfg, tokenizer_path, use_teacher_ids=True, topk_width=20)   # lists of files, by format
+    blocks = materialized_blocks(ds.materialize())    # [(object ref, rows), ...] in order, for the workers
 
-Ray Train's default (`streaming_split`) gives each block to whichever worker
-asks first, so the rows a rank trains on depend on timing, and two runs with
-the same `run.seed` train different students. A materialized dataset (the
-default path, without `run.max_steps`) is split once into equal, ordered row
-ranges instead: rank r gets the same rows in every epoch and every run, and
-shuffles them per epoch with its seeded local buffer. Lazy datasets
-(`run.max_steps` set) keep Ray Train's streaming split.
+Files are read in groups of one trace layout (`split_by_format`: a run's shards
+all share one; runs written before and after the compact top-k format may be
+mixed in one job), each group packed by the same function, and the groups
+unioned: after packing every row has the same shapes, whatever the layout it
+came from. The default path (no `run.max_steps`) materializes the packed
+dataset once and hands the workers its blocks in order
+(`distill/global_order.py` turns them into the same global batches on any
+worker count); with `run.max_steps` the lazy dataset streams to the workers
+through Ray Train's streaming split.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from potstill.pipelines.distill.dataset import PACK_GROUP, arrow_filesystem, pack_traces, read_columns, strip_scheme
+from potstill.pipelines.distill.dataset import PACK_GROUP, TraceSource, arrow_filesystem, pack_traces, read_columns, run_of, strip_scheme
 
 if TYPE_CHECKING:
     from potstill.schemas.training import TrainingConfig
 
 
+def split_by_format(data_files: list[str], sources: list[TraceSource]) -> list[list[str]]:
+    """`data_files` in groups of one trace layout (per run, from `trace_sources`), order kept within a group."""
+    version = {s.run: s.layout for s in sources}
+    groups: dict[int, list[str]] = {}
+    for f in data_files:
+        groups.setdefault(version.get(run_of(f), 0), []).append(f)
+    return [groups[v] for v in sorted(groups)]
+
+
 def build_dataset(
-    data_files: list[str], cfg: "TrainingConfig", tokenizer_path: str, use_teacher_ids: bool, topk_width: int,
+    file_groups: list[list[str]], cfg: "TrainingConfig", tokenizer_path: str, use_teacher_ids: bool, topk_width: int,
 ) -> Any:
-    """The packed Ray dataset (lazy) over exactly `data_files`."""
+    """The packed Ray dataset (lazy) over exactly the files of `file_groups` (each group one trace layout)."""
     import ray.data
 
     columns = read_columns(use_teacher_ids, topk_width)
-    fs = arrow_filesystem(data_files[0], cfg.data.storage)
-    paths = [strip_scheme(f) for f in data_files] if fs else list(data_files)
-    ds = ray.data.read_parquet(paths, columns=columns, filesystem=fs)
-    return ds.map_batches(
-        pack_traces, batch_size=PACK_GROUP, batch_format="pyarrow",
-        fn_kwargs={
-            "data_cfg": cfg.data.model_dump(mode="json"), "tokenizer_path": tokenizer_path, "use_teacher_ids": use_teacher_ids,
-            "topk_width": topk_width, "max_tokens": cfg.packing.max_tokens, "packing_enabled": cfg.packing.enabled,
-        },
-    )
+    kwargs = {
+        "data_cfg": cfg.data.model_dump(mode="json"), "tokenizer_path": tokenizer_path, "use_teacher_ids": use_teacher_ids,
+        "topk_width": topk_width, "max_tokens": cfg.packing.max_tokens, "packing_enabled": cfg.packing.enabled,
+    }
+    parts = []
+    for files in (g for g in file_groups if g):
+        fs = arrow_filesystem(files[0], cfg.data.storage)
+        paths = [strip_scheme(f) for f in files] if fs else list(files)
+        ds = ray.data.read_parquet(paths, columns=columns, filesystem=fs)
+        parts.append(ds.map_batches(pack_traces, batch_size=PACK_GROUP, batch_format="pyarrow", fn_kwargs=kwargs))
+    if not parts:
+        raise ValueError("no trace files to train on")
+    return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
 
 
-def _build_fixed_split() -> type:
-    import ray.train
-
-    class FixedSplit(ray.train.DataConfig):
-        """`DataConfig` that splits materialized datasets deterministically (see module docstring)."""
-
-        def configure(self, datasets: dict[str, Any], world_size: int, worker_handles: Any, worker_node_ids: Any,
-                      **kwargs: Any) -> list[dict[str, Any]]:
-            from ray.data.dataset import MaterializedDataset
-
-            fixed = {name: ds for name, ds in datasets.items() if isinstance(ds, MaterializedDataset)}
-            streamed = {name: ds for name, ds in datasets.items() if name not in fixed}
-            output = super().configure(streamed, world_size, worker_handles, worker_node_ids, **kwargs)
-            for name, ds in fixed.items():
-                for rank, part in enumerate(ds.split(world_size, equal=True)):
-                    output[rank][name] = part.iterator()
-            return output
-
-    FixedSplit.__module__, FixedSplit.__qualname__ = __name__, "FixedSplit"
-    return FixedSplit
-
-
-def __getattr__(name: str) -> Any:
-    # Built on first use, so importing this module does not import Ray; pickling finds it here by name.
-    if name == "FixedSplit":
-        globals()[name] = cls = _build_fixed_split()
-        return cls
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+def materialized_blocks(ds: Any) -> list[tuple[Any, int]]:
+    """The blocks of a materialized dataset in order: (object ref, row count) each."""
+    return [(ref, meta.num_rows) for bundle in ds.iter_internal_ref_bundles()
+            for ref, meta in zip(bundle.block_refs, bundle.metadata)]

@@ -1,18 +1,27 @@
 """The Ray Train worker of the distillation job: `train_func` wraps the framework-light loop.
 
-    TorchTrainer(train_func, train_loop_config=worker_config(...), datasets={"train": ds}, ...)
+    TorchTrainer(train_func, train_loop_config=worker_config(...), ...)
 
-Each worker builds the student, wraps it for the strategy (DDP or FSDP,
-`parallel.py`), restores the latest checkpoint Ray Train hands it
-(`ray.train.get_checkpoint()`: model, optimizer, scheduler, step, epoch,
-position in the epoch), and runs `run_loop` over its data: the dataset shard
-(`ray.train.get_dataset_shard`) for finished runs, or `FollowSource` for
-live runs (`data.follow`). Every `checkpoint.every_steps` steps, at each
-epoch end and at the end it reports metrics with a checkpoint
-(`ray.train.report`); the final checkpoint also holds the student as a
-Hugging Face folder under `hf/`. Rank 0 posts live progress to the driver's
-`TrainProgress` actor; the `POTSTILL_FAULT_TRAIN_STEP` test hook fails a
-worker on purpose (`faults.py`).
+Each worker builds the student (`student_init.build_trainable`: sharded from
+the meta device under FSDP, bf16 by policy, activation checkpointing), restores
+the latest checkpoint Ray Train hands it (`ray.train.get_checkpoint()`, read as
+a torch distributed checkpoint through the project's storage stack, on any
+worker count; or `checkpoint.resume_from`, another job's, when it has none yet)
+and runs `run_loop` over its data: the global-order source over the
+materialized packed dataset (the same rows per step on any worker count), or
+`FollowSource` for live runs (`data.follow`).
+
+Every `checkpoint.every_steps` steps and at each epoch end every worker writes
+its shard of a checkpoint into `<storage_path>/<name>/checkpoint_<step>/`
+(`checkpointing.Checkpointer`, asynchronously by default) and reports it to Ray
+Train once written (`checkpoint_upload_mode` ASYNC with an upload function that
+waits for the write, or NO_UPLOAD after a synchronous write): Ray Train keeps
+the newest `checkpoint.keep`, restarts failed worker groups from the latest,
+and a re-run of the same name resumes from it. At the end the final checkpoint
+is written synchronously and the student is exported, streaming, as a Hugging
+Face folder to `<storage_path>/<name>/student/`. Rank 0 posts live progress to
+the driver's `TrainProgress` actor; the `POTSTILL_FAULT_TRAIN_STEP` test hook
+fails a worker on purpose (`faults.py`).
 """
 
 from __future__ import annotations
@@ -22,9 +31,8 @@ import tempfile
 import time
 from typing import TYPE_CHECKING, Any
 
-from potstill.pipelines.distill.checkpointing import restore_checkpoint, save_checkpoint
 from potstill.pipelines.distill.faults import maybe_fail
-from potstill.pipelines.distill.train_loop import LoopPlan, LoopState, run_loop, skip_consumed
+from potstill.pipelines.distill.train_loop import LoopPlan, LoopState, run_loop
 
 if TYPE_CHECKING:
     from potstill.pipelines.distill.local_reader import PackSpec
@@ -32,18 +40,21 @@ if TYPE_CHECKING:
 
 PROGRESS_EVERY_S = 0.5
 SHUFFLE_BUFFER_ROWS = 256
-"""Packed rows each worker shuffles among (seeded per epoch). Packing sorts documents by length, so rows
-arrive grouped by length; without this, every epoch would end on the shortest traces."""
+"""Packed rows each worker shuffles among in follow mode (seeded per epoch). Packing sorts documents by length, so
+rows arrive grouped by length; without this, every epoch would end on the shortest traces."""
+STUDENT_SUBDIR = "student"
 
 
 def worker_config(
     cfg: "TrainingConfig", spec: "PackSpec", total_steps: int, board: Any = None, fault: dict[str, Any] | None = None,
+    blocks: list[tuple[Any, int]] | None = None,
 ) -> dict[str, Any]:
-    """The `train_loop_config` of the TorchTrainer: plain values, plus the progress actor handle."""
+    """The `train_loop_config` of the TorchTrainer: plain values, the progress actor handle and, for a materialized
+    dataset, its blocks (object refs and row counts) in order."""
     from dataclasses import asdict
 
     return {"cfg": cfg.model_dump(mode="json"), "spec": asdict(spec), "total_steps": total_steps,
-            "board": board, "fault": fault}
+            "board": board, "fault": fault, "blocks": blocks}
 
 
 def _quiet_reports() -> None:
@@ -55,23 +66,22 @@ def _quiet_reports() -> None:
         logging.getLogger(context.__file__).setLevel(logging.WARNING)
     except ImportError:
         pass
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
 
-def prefetch_batches(device: Any) -> int:
-    """Batches Ray Data prepares ahead in background threads: 2 while an accelerator computes, none on CPU.
-
-    A CPU worker computes on the very cores those threads would use: in the training benchmark (2 workers on 2
-    cores) the median step took 63.3-64.8 ms with prefetching (one run, 3 rounds) and 61.1-62.3 ms with each
-    batch fetched between steps (two runs, 5 rounds)."""
-    return 0 if device.type == "cpu" else 2
-
-
-def _autocast(precision: str, device: Any) -> Any:
+def export_dtype(cfg: "TrainingConfig", precision: str) -> Any:
     import torch
 
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
-        return torch.bfloat16
-    return None
+    if cfg.checkpoint.export_dtype == "auto":
+        return torch.bfloat16 if precision == "bf16" else torch.float32
+    return getattr(torch, cfg.checkpoint.export_dtype)
+
+
+def checkpoint_uri(fs_path: str, remote: bool) -> str:
+    """The storage URI of a Ray Train filesystem path (`bucket/key` on S3)."""
+    return f"s3://{fs_path}" if remote else fs_path
 
 
 def train_func(config: dict[str, Any]) -> None:
@@ -80,19 +90,22 @@ def train_func(config: dict[str, Any]) -> None:
     import ray.train.torch
     import torch
 
+    from potstill.pipelines.distill.checkpointing import Checkpointer
     from potstill.pipelines.distill.cpu_binding import bind_worker
     from potstill.pipelines.distill.dataset import arrow_filesystem
-    from potstill.pipelines.distill.local_reader import PackSpec
-    from potstill.pipelines.distill.parallel import wrap_model
+    from potstill.pipelines.distill.local_reader import PackSpec, empty_batch
+    from potstill.pipelines.distill.parallel import autocast_dtype, resolve_precision
     from potstill.pipelines.distill.schedule import build_scheduler
-    from potstill.pipelines.distill.student import load_student, load_tokenizer
+    from potstill.pipelines.distill.student import load_tokenizer
+    from potstill.pipelines.distill.student_init import build_trainable
+    from potstill.pipelines.output.storage import is_remote
     from potstill.schemas.training import TrainingConfig
 
     _quiet_reports()
     cfg = TrainingConfig.model_validate(config["cfg"])
     spec = PackSpec(**config["spec"])
     ctx = ray.train.get_context()
-    rank = ctx.get_world_rank()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
     # Ray does not always set OMP_NUM_THREADS in train workers (it was unset under `potstill demo`); torch then
     # computes on every core in every worker, and two workers on 2 cores ran 4 busy threads against each other.
@@ -100,47 +113,54 @@ def train_func(config: dict[str, Any]) -> None:
     if device.type == "cpu" and cfg.scaling.bind_cpu_cores:
         bind_worker(ctx.get_local_rank(), ctx.get_local_world_size(), cfg.scaling.cpus_per_worker)
     board = config["board"] if rank == 0 else None
-    tokenizer = load_tokenizer(spec.tokenizer_path)
-    model = load_student(cfg.student, tokenizer, max_positions=cfg.packing.max_tokens, seed=cfg.run.seed)
-    model = wrap_model(model, cfg.strategy.kind, device)
+    storage = cfg.data.storage
+    remote = is_remote(cfg.checkpoint.storage_path)
+    tokenizer = load_tokenizer(spec.tokenizer_path, storage)
+    precision = resolve_precision(cfg.strategy.precision, device)
+    torch.manual_seed(cfg.run.seed)
+    model = build_trainable(cfg, tokenizer, device, precision)
     o = cfg.optim
     optimizer = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
     scheduler = build_scheduler(optimizer, o, config["total_steps"])
+    ckpt = Checkpointer(storage, async_save=cfg.checkpoint.async_save)
+    run_storage = ctx.get_storage()
+    run_dir = run_storage.experiment_fs_path.rstrip("/")
     state = LoopState()
     checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            state = restore_checkpoint(d, model, optimizer, scheduler)
+    saved_step = None  # step of the newest checkpoint this worker group restored or wrote
+    start = checkpoint_uri(checkpoint.path, remote) if checkpoint is not None else cfg.checkpoint.resume_from
+    if start is not None:
+        state = ckpt.load(start, model, optimizer, scheduler)
+        saved_step = state.step if checkpoint is not None else None  # resume_from is another job's: save our own
         if rank == 0:
-            print(f"[potstill train] resumed from checkpoint at step {state.step}, epoch {state.epoch}", flush=True)
+            print(f"[potstill train] resumed from {start} at step {state.step}, epoch {state.epoch} "
+                  f"on {world} workers", flush=True)
     if board is not None:
-        board.started.remote(state.step, state.epoch, checkpoint is not None)
+        board.started.remote(state.step, state.epoch, start is not None)
 
+    grad_accum = cfg.grad_accum(world)
+    micro = cfg.run.micro_batch_size
     if cfg.data.follow:
         from potstill.pipelines.distill.follow import FollowSource
         from potstill.pipelines.distill.local_reader import LocalReader
         from potstill.pipelines.distill.run_data import CommitWatcher
 
-        watcher = CommitWatcher(cfg.data.runs, cfg.data.storage) if rank == 0 else None
+        watcher = CommitWatcher(cfg.data.runs, storage) if rank == 0 else None
 
         def on_wait(seen: int, finished: bool) -> None:
             if board is not None:
                 board.post.remote(phase="waiting for shards", shards_seen=seen)
 
-        reader = LocalReader(spec, cfg.run.micro_batch_size, SHUFFLE_BUFFER_ROWS, cfg.run.seed * 1000 + rank)
+        reader = LocalReader(spec, micro, SHUFFLE_BUFFER_ROWS, cfg.run.seed * 1000 + rank)
         epoch_batches = FollowSource(state, reader, spec, device, watcher, poll_s=cfg.data.follow_poll_s, on_wait=on_wait)
     else:
-        shard = ray.train.get_dataset_shard("train")
-        prefetch = prefetch_batches(device)
+        from potstill.pipelines.distill.global_order import BlockRows, GlobalOrderSource
 
-        def epoch_batches(epoch: int, skip: int) -> Any:
-            batches = shard.iter_batches(batch_size=cfg.run.micro_batch_size, batch_format="numpy", prefetch_batches=prefetch,
-                                         local_shuffle_buffer_size=SHUFFLE_BUFFER_ROWS,
-                                         local_shuffle_seed=cfg.run.seed * 1000 + epoch * 10 + rank)
-            return skip_consumed(batches, skip)
+        epoch_batches = GlobalOrderSource(BlockRows(config["blocks"]), micro, grad_accum, rank, world, cfg.run.seed,
+                                          pad=lambda rows: empty_batch(spec, rows))
 
     fault = config["fault"]
-    fault_fs = arrow_filesystem(cfg.checkpoint.storage_path, cfg.data.storage) if fault else None
+    fault_fs = arrow_filesystem(cfg.checkpoint.storage_path, storage) if fault else None
     if fault and fault_fs is None:
         from pyarrow.fs import LocalFileSystem
 
@@ -158,16 +178,44 @@ def train_func(config: dict[str, Any]) -> None:
                               tokens_per_s=m["positions"] / m["step_s"] if m["step_s"] else 0.0)
 
     def report(st: LoopState, metrics: dict[str, float], final: bool) -> None:
+        nonlocal saved_step
+        from ray.train import Checkpoint, CheckpointUploadMode
+
         if board is not None:
             board.post.remote(phase="saving final model" if final else "checkpointing", step=st.step, epoch=st.epoch)
-        with tempfile.TemporaryDirectory() as d:
-            wrote = save_checkpoint(d, model, optimizer, scheduler, st, metrics, tokenizer if final else None)
-            ckpt = ray.train.Checkpoint.from_directory(d) if wrote else None
-            ray.train.report({**metrics, "final": final}, checkpoint=ckpt)
+        metrics = {**metrics, "final": final}
+        if st.step == saved_step:  # already checkpointed (a resumed, finished run; a final report right after one)
+            ckpt.wait()
+            if final:
+                export_student(st)
+            ray.train.report(metrics)
+            return
+        name = f"checkpoint_{st.step:09d}"
+        uri = checkpoint_uri(f"{run_dir}/{name}", remote)
+        pending = ckpt.save(uri, model, optimizer, scheduler, st, metrics, blocking=final)
+        saved_step = st.step
+        persisted = Checkpoint(path=f"{run_dir}/{name}", filesystem=run_storage.storage_filesystem)
+        if final:
+            export_student(st)
+        if pending.done:
+            ray.train.report(metrics, checkpoint=persisted, checkpoint_dir_name=name,
+                             checkpoint_upload_mode=CheckpointUploadMode.NO_UPLOAD)
+            return
+        # Ray registers the checkpoint from a background thread once the upload function returns: after the write.
+        with tempfile.TemporaryDirectory() as placeholder:
+            ray.train.report(metrics, checkpoint=Checkpoint.from_directory(placeholder), checkpoint_dir_name=name,
+                             checkpoint_upload_mode=CheckpointUploadMode.ASYNC, delete_local_checkpoint_after_upload=False,
+                             checkpoint_upload_fn=lambda _ckpt, _name, pending=pending: (pending.wait(), persisted)[1])
 
-    plan = LoopPlan(cfg.run.epochs, config["total_steps"], cfg.run.grad_accum_steps, cfg.checkpoint.every_steps)
+    def export_student(st: LoopState) -> None:
+        from potstill.pipelines.distill.hf_export import export_hf
+
+        export_hf(model, tokenizer, checkpoint_uri(f"{run_dir}/{STUDENT_SUBDIR}", remote), storage,
+                  export_dtype(cfg, precision))
+
+    plan = LoopPlan(cfg.run.epochs, config["total_steps"], grad_accum, cfg.checkpoint.every_steps)
     run_loop(model, optimizer, scheduler, epoch_batches, plan, state, cfg.loss, o.grad_clip, device, report,
-             _autocast(cfg.strategy.precision, device), after_step)
+             autocast_dtype(cfg.strategy.kind, precision), after_step)
+    ckpt.wait()
     if board is not None:
         board.post.remote(phase="done", step=state.step, epoch=state.epoch)
-

@@ -8,7 +8,11 @@
   checkpoint, the step counter continues, the final checkpoint exists;
 - the driver of `potstill train` is SIGKILLed -> re-running the same name resumes, no finished epoch redone;
 - data.follow trains on a live run (shards committed after the job started) and ends at `_SUCCESS`;
-- FSDP with traces and checkpoints on S3 (moto) resumes from its S3 checkpoint.
+- FSDP with traces and checkpoints on S3 (moto) resumes from its S3 checkpoint;
+- a pretrained Qwen2 student (a random one saved as a Hugging Face folder on S3) trains with FSDP2 from the meta
+  device, bf16 parameters, activation checkpointing and chunked losses on 2 workers; one worker is SIGKILLed and the
+  group resumes from the DCP checkpoint on S3; that checkpoint resumed on 1 worker trains the next step with the
+  loss the 2 workers had; the exported folder loads and generates in transformers and vLLM.
 """
 
 from __future__ import annotations
@@ -137,8 +141,9 @@ def test_worker_failure_restarts_from_the_last_checkpoint(traces: dict, tmp_path
     assert [(a["start_step"], a["resumed"]) for a in summary["attempts"]] == [(0, False), (5, True)]
     assert (tmp_path / "ckpt" / "fault" / "faults" / "step-7").exists()
     final = Path(summary["checkpoint"])
-    assert json.loads((final / "metrics.json").read_text())["step"] == 9 and (final / "hf" / "config.json").exists()
+    assert json.loads((final / "metrics.json").read_text())["step"] == 9 and (final / ".metadata").exists()
     assert (tmp_path / "ckpt" / "fault" / "student" / "model.safetensors").exists()
+    assert Path(summary["student"]) == tmp_path / "ckpt" / "fault" / "student"
 
 
 def test_the_same_seed_trains_the_same_student(traces: dict, tmp_path: Path) -> None:
@@ -202,7 +207,7 @@ def test_killed_driver_resumes_without_redoing_a_finished_epoch(traces: dict, tm
 
 
 def test_follow_trains_on_a_live_run_and_ends_at_success(traces: dict, tmp_path: Path) -> None:
-    from potstill.pipelines.distill.checkpointing import load_checkpoint
+    from potstill.pipelines.distill.checkpointing import read_train_state
     from potstill.pipelines.jobs.run_training import run_training
 
     live = tmp_path / "live"
@@ -233,7 +238,7 @@ def test_follow_trains_on_a_live_run_and_ends_at_success(traces: dict, tmp_path:
     assert summary["follow"] and committed_at
     # Training started before the run finished, read every shard exactly once, and ended after _SUCCESS.
     assert started < summary["attempts"][0]["at"] < (live / "_SUCCESS").stat().st_mtime
-    done = load_checkpoint(summary["checkpoint"])["loop"]["data"]["done"]
+    done = read_train_state(summary["checkpoint"])["loop"]["data"]["done"]
     assert sorted(Path(f).parent.name for f in done) == sorted(Path(f).parent.name for f in files)
     # 4 shards x 50 packed rows over 2 workers at 3 rows a step: 34 steps when rounds split evenly, at most
     # 68 when every round holds one shard (the other worker pads).
@@ -255,3 +260,89 @@ def test_fsdp_with_traces_and_checkpoints_on_s3_resumes(traces: dict, s3_bucket)
     assert second["steps"] == 9
     fs = arrow_filesystem(second["student"], storage)
     assert fs.get_file_info(strip_scheme(second["student"]) + "/model.safetensors").size > 0
+
+
+@pytest.fixture
+def qwen2_student_on_s3(s3_bucket, tmp_path: Path) -> tuple[str, StorageConfig]:
+    """A small random Qwen2 (head_dim 64 for vLLM CPU) with the teacher's tokenizer, saved as a Hugging Face folder
+    (bf16 safetensors) and uploaded to S3."""
+    import torch
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    from potstill.pipelines.distill.student import load_tokenizer
+    from potstill.pipelines.output.storage import filesystem_for
+
+    root, storage = s3_bucket
+    local = tmp_path / "qwen2"
+    tok = load_tokenizer("potstill:arithmetic-teacher")  # a shared vocabulary, so KD on the teacher's top-k works
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=128, hidden_size=128, intermediate_size=384, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, head_dim=64, max_position_embeddings=1024,
+                         tie_word_embeddings=False, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                         pad_token_id=tok.pad_token_id)
+    AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).save_pretrained(local)
+    tok.save_pretrained(local)
+    uri = f"{root}/models/qwen2-tiny"
+    fs, path = filesystem_for(uri, storage)
+    for f in local.iterdir():
+        fs.put(str(f), f"{path}/{f.name}")
+    return uri, storage
+
+
+def test_pretrained_qwen2_student_fsdp_bf16_on_s3_survives_a_killed_worker_and_resumes_on_one_worker(
+        traces: dict, qwen2_student_on_s3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from potstill.pipelines.distill.checkpoint_storage import is_complete
+    from potstill.pipelines.distill.checkpointing import read_metrics
+    from potstill.pipelines.distill.student_files import local_model_dir
+    from potstill.pipelines.jobs.evaluate import evaluate, load_eval_prompts
+    from potstill.pipelines.jobs.run_training import run_training
+    from potstill.pipelines.output.storage import filesystem_for
+
+    student, storage = qwen2_student_on_s3
+    root = student.rsplit("/models/", 1)[0]
+    run = str(tmp_path / "run")
+    copy_shards(traces["files"][:1], run)  # 250 traces -> 50 packed rows -> 13 steps of 4 rows
+    sections = {
+        "student": {"model": student}, "data": {"storage": storage.model_dump()},
+        "strategy": {"kind": "fsdp", "precision": "bf16", "activation_checkpointing": True},
+        "loss": {"sft_weight": 1.0, "kd_weight": 0.5, "chunk_tokens": 96},  # ~200 labelled positions a micro-batch
+        "run": {"epochs": 1, "micro_batch_size": 2, "global_batch_size": 4},
+        "checkpoint": {"every_steps": 3, "keep": 4, "max_failures": 2},
+    }
+    monkeypatch.setenv(FAULT_ENV, "7:1:kill")  # rank 1's process dies right after step 7; the last checkpoint is step 6
+    first = run_training(small_config("qwen2", [run], f"{root}/ckpt", **sections))
+    monkeypatch.delenv(FAULT_ENV)
+    assert first["planned_steps"] == 13 and first["steps"] == 13 and first["student"] == f"{root}/ckpt/qwen2/student"
+    assert [(a["start_step"], a["resumed"]) for a in first["attempts"]] == [(0, False), (6, True)]
+    fs, ckpt_root = filesystem_for(f"{root}/ckpt/qwen2", storage)
+    kept = sorted(p.rsplit("/", 1)[1] for p in fs.ls(ckpt_root) if p.rsplit("/", 1)[1].startswith("checkpoint_0"))
+    assert kept == [f"checkpoint_{s:09d}" for s in (6, 9, 12, 13)]  # keep: 4 (step 3 deleted)
+    step6 = f"{root}/ckpt/qwen2/checkpoint_000000006"
+    assert is_complete(step6, storage)
+    assert sorted(p.rsplit("/", 1)[1] for p in fs.ls(step6.split("://", 1)[1]) if p.endswith(".distcp")) == \
+        ["__0_0.distcp", "__1_0.distcp"]  # one shard per rank
+    after6_on_two = read_metrics(f"{root}/ckpt/qwen2/checkpoint_000000009", storage)["step_losses"]  # steps 7, 8, 9
+
+    # The step-6 checkpoint of 2 workers, resumed by another job on 1 worker: step 7 trains on the same 4 rows.
+    one = run_training(small_config("qwen2-on-one", [run], f"{root}/ckpt", **{
+        **sections, "scaling": {"num_workers": 1}, "run": {**sections["run"], "max_steps": 7},
+        "checkpoint": {**sections["checkpoint"], "resume_from": step6}}))
+    assert [(a["start_step"], a["resumed"]) for a in one["attempts"]] == [(6, True)] and one["workers"] == 1
+    on_one = read_metrics(f"{root}/ckpt/qwen2-on-one/checkpoint_000000007", storage)["step_losses"]
+    print(f"step 7 after resuming step 6: 2 workers {after6_on_two[0]:.6f}, 1 worker {on_one[0]:.6f}")
+    assert on_one[0] == pytest.approx(after6_on_two[0], rel=1e-3)
+
+    # The exported student (bf16 safetensors, sharded state streamed by the workers) loads and generates.
+    folder = local_model_dir(first["student"], storage)
+    model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True)
+    tok = AutoTokenizer.from_pretrained(folder)
+    assert model.config.dtype == torch.bfloat16 and type(model).__name__ == "Qwen2ForCausalLM"
+    prompt = tok.apply_chat_template([{"role": "user", "content": "What is 123 + 456?"}], add_generation_prompt=True,
+                                     return_tensors="pt", return_dict=True)
+    generated = model.generate(**prompt, max_new_tokens=8, do_sample=False)
+    assert generated.shape[1] > prompt["input_ids"].shape[1]
+    scored = evaluate(folder, load_eval_prompts("arithmetic:8"))
+    assert scored["n"] == 8 and scored["output_tokens_per_s"] > 0

@@ -25,10 +25,12 @@ def teacher_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def _table(teacher_dir: Path, n: int = 40, topk: int = 3):
+def _table(teacher_dir: Path, n: int = 40, topk: int = 3, layout: int = 2):
+    """Trace rows as the shard writer stores them (`layout` 2), or as shards of layout 1 did (float16 top-k)."""
     import pyarrow as pa
     from transformers import AutoTokenizer
 
+    from potstill.pipelines.output.shard_writer import records_to_table
     from potstill.schemas.trace import TraceRecord, trace_arrow_schema
 
     tok = AutoTokenizer.from_pretrained(teacher_dir)
@@ -45,7 +47,9 @@ def _table(teacher_dir: Path, n: int = 40, topk: int = 3):
             verified=None if i % 4 == 0 else i % 3 != 0, teacher_model=str(teacher_dir),
             sampling=json.dumps({"logprobs": topk}), created_at=datetime.now(timezone.utc),
         ).model_dump())
-    return pa.Table.from_pylist(rows, schema=trace_arrow_schema())
+    if layout == 1:
+        return pa.Table.from_pylist([r | {"schema_version": 1} for r in rows], schema=trace_arrow_schema(1))
+    return records_to_table(rows)
 
 
 def _expected_kept(n: int, data: TraceDataConfig, limit: int | None = None) -> int:
@@ -68,18 +72,36 @@ def test_pack_traces_filters_then_packs_every_kept_trace(teacher_dir: Path, data
     assert packing_efficiency(out) > 0.6  # few traces here; the efficiency test uses realistic counts
 
 
-def test_trace_sources_read_one_file_per_run(teacher_dir: Path, tmp_path: Path) -> None:
+def test_shards_of_layout_1_and_2_pack_to_the_same_rows(teacher_dir: Path) -> None:
+    """Old shards (float16 top-k log-probabilities) still load; the compact codes decode to within 1/32 nat."""
+    import numpy as np
+
+    data = TraceDataConfig(runs=["x"]).model_dump(mode="json")
+    old, new = (pack_traces(_table(teacher_dir, layout=v), data, str(teacher_dir), use_teacher_ids=True, topk_width=3,
+                            max_tokens=512, packing_enabled=True) for v in (1, 2))
+    assert old.keys() == new.keys()
+    for key in ("input_ids", "labels", "position_ids", "num_tokens"):
+        assert np.array_equal(old[key], new[key]), key
+    assert np.array_equal(old["topk_ids"], new["topk_ids"])  # the rows here are already sorted by log-probability
+    assert np.abs(old["topk_logprobs"].astype(np.float32) - new["topk_logprobs"].astype(np.float32)).max() <= 1 / 32
+
+
+def test_trace_sources_read_one_file_per_run_and_its_layout(teacher_dir: Path, tmp_path: Path) -> None:
     import pyarrow.parquet as pq
 
+    from potstill.pipelines.jobs.train_dataset import split_by_format
+
     files = []
-    for run, topk in (("a", 3), ("b", 2)):
+    for run, topk, layout in (("a", 3, 2), ("b", 2, 1)):
         for shard in ("s0", "s1"):
             path = tmp_path / run / "data" / shard / "x.parquet"
             path.parent.mkdir(parents=True)
-            pq.write_table(_table(teacher_dir, n=2, topk=topk), path)
+            pq.write_table(_table(teacher_dir, n=2, topk=topk, layout=layout), path)
             files.append(str(path))
     sources = trace_sources(files, StorageConfig())
-    assert [(Path(s.run).name, s.topk_width, s.teacher_model) for s in sources] == [("a", 3, str(teacher_dir)), ("b", 2, str(teacher_dir))]
+    assert [(Path(s.run).name, s.topk_width, s.teacher_model, s.layout) for s in sources] == \
+        [("a", 3, str(teacher_dir), 2), ("b", 2, str(teacher_dir), 1)]
+    assert split_by_format(files, sources) == [files[2:], files[:2]]  # one Ray Data read per layout
 
 
 def _cfg(**kw) -> TrainingConfig:
@@ -110,6 +132,16 @@ def test_plan_errors_name_the_key_problem_and_fix(teacher_dir: Path, tmp_path: P
     assert plan_tokenization(_cfg(student={"tokenizer": str(other)}), src) == (str(other), False, 0)
 
 
-def test_steps_per_epoch_follow_the_equal_split() -> None:
-    assert steps_per_epoch(rows=69, num_workers=2, micro_batch_size=4, grad_accum=2) == 5  # 34 rows -> 9 micro -> 5
-    assert steps_per_epoch(rows=1, num_workers=2, micro_batch_size=4, grad_accum=1) == 0
+def test_steps_per_epoch_cover_every_row_the_last_step_short() -> None:
+    assert steps_per_epoch(rows=69, global_batch=16) == 5  # 4 steps of 16 rows, one of 5
+    assert steps_per_epoch(rows=1, global_batch=8) == 1
+
+
+def test_global_batch_size_sets_gradient_accumulation_per_worker_count() -> None:
+    cfg = _cfg(run={"micro_batch_size": 2, "global_batch_size": 8}, scaling={"num_workers": 2})
+    assert (cfg.grad_accum(), cfg.grad_accum(1), cfg.grad_accum(4), cfg.global_batch(1)) == (2, 4, 1, 8)
+    with pytest.raises(ValueError, match=r"run.global_batch_size \(6\) is not a multiple of run.micro_batch_size \(2\) x "
+                                         r"scaling.num_workers \(2\)"):
+        _cfg(run={"micro_batch_size": 2, "global_batch_size": 6}, scaling={"num_workers": 2})
+    with pytest.raises(ValueError, match="global_batch_size .* and grad_accum_steps .* both set the step size"):
+        _cfg(run={"global_batch_size": 8, "grad_accum_steps": 2})

@@ -145,7 +145,7 @@ def test_follow_trains_round_by_round_until_success_and_resumes_by_counting(teac
     source = FollowSource(state, LocalReader(spec, 1), spec, torch.device("cpu"), CommitWatcher([store.uri], storage_cfg),
                           poll_s=0.05)
     seen: list[np.ndarray] = []
-    for batch in source(0, 0):
+    for batch in source(0, state):
         seen.append(batch["input_ids"])
         if len(seen) == 2:  # the run goes on while training reads it: two more shards, then finalize
             _commit(store, teacher_dir, 1)
@@ -160,8 +160,8 @@ def test_follow_trains_round_by_round_until_success_and_resumes_by_counting(teac
     resumed = LoopState(data={"done": state.data["done"][:1], "done_micro": first_round, "round": state.data["done"][1:2]})
     source = FollowSource(resumed, LocalReader(spec, 1), spec, torch.device("cpu"),
                           CommitWatcher([store.uri], storage_cfg, seen=[]), poll_s=0.05)
-    rest = [b["input_ids"] for b in source(0, first_round + 2)]
+    rest = [b["input_ids"] for b in source(0, LoopState(micro_in_epoch=first_round + 2))]
     assert len(rest) == total - first_round - 2
     assert all((a == b).all() for a, b in zip(rest, seen[first_round + 2:]))
     # Later epochs re-read every shard seen.
-    assert sum(1 for _ in source(1, 0)) == total
+    assert sum(1 for _ in source(1, LoopState())) == total

@@ -100,9 +100,12 @@ def test_tokenizer_without_chat_template_is_a_clear_error(tok) -> None:
         TraceTokenizer(NoTemplate(), use_teacher_ids=False)
 
 
-def test_rows_from_arrow_match_the_record_lists(tok, tmp_path: Path) -> None:
+@pytest.mark.parametrize("layout", [1, 2])
+def test_rows_from_arrow_match_the_record_lists(tok, tmp_path: Path, layout: int) -> None:
+    """Both trace layouts (1: float16 log-probabilities; 2: compact codes, exact here: multiples of 1/16 nat)."""
     import pyarrow as pa
 
+    from potstill.pipelines.output.shard_writer import records_to_table
     from potstill.schemas.trace import TraceRecord, trace_arrow_schema
 
     ragged_ids = [[3, 4, 5], [6], [7, 8]]
@@ -115,7 +118,7 @@ def test_rows_from_arrow_match_the_record_lists(tok, tmp_path: Path) -> None:
             completion_token_ids=[10, 11, 12] if ids else None, topk_ids=ids, topk_logprobs=lps,
             teacher_model="t", sampling="{}", created_at=datetime.now(timezone.utc),
         ).model_dump())
-    table = pa.Table.from_pylist(records, schema=trace_arrow_schema())
+    table = pa.Table.from_pylist(records, schema=trace_arrow_schema(1)) if layout == 1 else records_to_table(records)
     rows = rows_from_arrow(table, topk_width=2)
     want_ids, want_lps = dense_topk(ragged_ids, ragged_lps, 2)
     assert (rows[0]["topk_ids"] == want_ids).all() and (rows[0]["topk_logprobs"] == want_lps).all()

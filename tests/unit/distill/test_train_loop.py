@@ -12,16 +12,18 @@ import torch
 from potstill.pipelines.distill.packing import pack
 from potstill.pipelines.distill.schedule import build_scheduler
 from potstill.pipelines.distill.tokenize import IGNORE_INDEX, TokenizedTrace
-from potstill.pipelines.distill.train_loop import LoopPlan, LoopState, run_loop, skip_consumed, to_device, train_step
+from potstill.pipelines.distill.train_loop import LoopPlan, LoopState, per_worker_skip, run_loop, to_device, train_step
 from potstill.schemas.training import LossConfig, OptimConfig
 
 
 def _model():
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    from potstill.pipelines.distill.loss_model import StudentWithLoss
+
     torch.manual_seed(0)
-    return LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                        num_attention_heads=1, num_key_value_heads=1, max_position_embeddings=32))
+    return StudentWithLoss(LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                                        num_attention_heads=1, num_key_value_heads=1, max_position_embeddings=32)))
 
 
 def _rows(seed: int, n_docs: int, k: int = 2) -> dict[str, np.ndarray]:
@@ -42,7 +44,8 @@ def _step(model, batches: list[dict], loss_cfg: LossConfig) -> None:
     train_step(model, opt, sched, [to_device(b, torch.device("cpu")) for b in batches], loss_cfg, grad_clip=None)
 
 
-@pytest.mark.parametrize("loss_cfg", [LossConfig(), LossConfig(sft_weight=0.3, kd_weight=1.0)])
+@pytest.mark.parametrize("loss_cfg", [LossConfig(), LossConfig(sft_weight=0.3, kd_weight=1.0),
+                                      LossConfig(sft_weight=0.3, kd_weight=1.0, kd_temperature=2.0, chunk_tokens=5)])
 def test_accumulated_micro_batches_equal_one_big_batch(loss_cfg: LossConfig) -> None:
     a, b = _rows(0, 6), _rows(1, 3)  # different token counts: per-micro-batch means would differ
     assert a["num_tokens"].sum() != b["num_tokens"].sum()
@@ -65,8 +68,7 @@ def _run(state: LoopState, plan: LoopPlan, model=None):
             seen.append((epoch, i))
             yield _rows(10 * epoch + i, 2)
 
-    def epoch_batches(epoch: int, skip: int):
-        return skip_consumed(batches(epoch), skip)
+    epoch_batches = per_worker_skip(batches)
 
     def report(st: LoopState, metrics: dict, final: bool) -> None:
         reports.append((st.step, st.epoch, st.micro_in_epoch, final, "loss" in metrics))

@@ -25,6 +25,7 @@ from potstill.pipelines.output.commit import (
 )
 from potstill.pipelines.output.shard_writer import CorruptShardError, records_to_table, write_shard
 from potstill.pipelines.output.storage import RetryPolicy, Storage, StorageUnavailableError, is_retryable, scrub
+from potstill.pipelines.output.topk_codec import decode_logprob_rows
 from potstill.schemas.manifest import FailedPrompt, ShardStats
 from potstill.schemas.trace import TraceRecord, trace_arrow_schema
 
@@ -96,9 +97,12 @@ def test_write_verify_commit_roundtrip(store):
     table = pq.read_table(store.uri_of(written.data_path))
     assert table.num_rows == written.row_count == commit.row_count == 6
     assert table.schema.remove_metadata().equals(trace_arrow_schema().remove_metadata())
-    assert table.column("topk_logprobs").to_pylist()[0] == [[pytest.approx(-0.1, abs=1e-3), -2.5],
-                                                            [pytest.approx(-0.2, abs=1e-3), -3.0],
-                                                            [pytest.approx(-0.05, abs=1e-3), -4.0]]
+    # Layout 2: top-k sorted by log-probability, log-probabilities as uint8 codes exact to 1/32 nat.
+    assert set(table.column("schema_version").to_pylist()) == {2}
+    assert table.column("topk_ids").to_pylist()[0] == [[1, 4], [2, 5], [3, 6]]
+    assert decode_logprob_rows(table.column("topk_logprobs"))[0] == [[pytest.approx(-0.1, abs=1 / 32), -2.5],
+                                                                     [pytest.approx(-0.2, abs=1 / 32), -3.0],
+                                                                     [pytest.approx(-0.05, abs=1 / 32), -4.0]]
     assert committed_shard_ids(store) == {"000000-a"}
     assert read_commits(store)["000000-a"] == commit
     assert not [p for p in store.list_info("", include_temp=True) if p.rel.endswith(".potstill-tmp")]
