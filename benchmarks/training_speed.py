@@ -1,7 +1,7 @@
 """Distillation benchmarks: Ray Train against plain torch.distributed, packing, loader headroom, SFT vs KD.
 Prints one JSON object of same-run measurements.
 
-    .venv/bin/python benchmarks/training.py [--run runs/arithmetic-demo] [--epochs 2] [--quick]
+    .venv/bin/python benchmarks/training_speed.py [--run runs/arithmetic-demo] [--epochs 2] [--quick]
 
 - `ray_train_vs_plain_torch`: median optimizer-step time of the distillation loop (`run_loop`/`train_step`)
   under a TorchTrainer with 2 gloo workers, divided by the median of the very same loop under
@@ -74,10 +74,11 @@ def _plain_worker(rank: int, port: int, cfg_json: str, spec_json: str, files: li
     from potstill.pipelines.distill.cpu_binding import bind_worker
     from potstill.pipelines.distill.follow import equalized
     from potstill.pipelines.distill.local_reader import LocalReader, PackSpec
-    from potstill.pipelines.distill.parallel import wrap_model
+    from potstill.pipelines.distill.parallel import resolve_precision
     from potstill.pipelines.distill.schedule import build_scheduler
-    from potstill.pipelines.distill.student import load_student, load_tokenizer
-    from potstill.pipelines.distill.train_loop import LoopPlan, LoopState, run_loop, skip_consumed
+    from potstill.pipelines.distill.student import load_tokenizer
+    from potstill.pipelines.distill.student_init import build_trainable
+    from potstill.pipelines.distill.train_loop import LoopPlan, LoopState, per_worker_skip, run_loop
     from potstill.pipelines.jobs.train_worker import SHUFFLE_BUFFER_ROWS
     from potstill.schemas.training import TrainingConfig
 
@@ -89,16 +90,15 @@ def _plain_worker(rank: int, port: int, cfg_json: str, spec_json: str, files: li
         bind_worker(rank, WORKERS, cfg.scaling.cpus_per_worker)
     spec = PackSpec(**json.loads(spec_json))
     device = torch.device("cpu")
-    model = wrap_model(load_student(cfg.student, load_tokenizer(spec.tokenizer_path), cfg.packing.max_tokens, cfg.run.seed),
-                       cfg.strategy.kind, device)
+    torch.manual_seed(cfg.run.seed)
+    model = build_trainable(cfg, load_tokenizer(spec.tokenizer_path), device, resolve_precision(cfg.strategy.precision, device))
     o = cfg.optim
     optimizer = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
     scheduler = build_scheduler(optimizer, o, steps)
     reader = LocalReader(spec, cfg.run.micro_batch_size, SHUFFLE_BUFFER_ROWS, rank)
     mine = files[rank::WORKERS]
 
-    def epoch_batches(epoch: int, skip: int):
-        return skip_consumed(equalized(reader.batches(mine, epoch), spec, cfg.run.micro_batch_size, device), skip)
+    epoch_batches = per_worker_skip(lambda epoch: equalized(reader.batches(mine, epoch), spec, cfg.run.micro_batch_size, device))
 
     medians: list[float] = []
 
@@ -163,7 +163,7 @@ def loader_rates(cfg, spec, files: list[str]) -> dict[str, float]:
     local = drain(reader.batches(files))
 
     def ray_pass() -> dict[str, float]:
-        ds = build_dataset(files * 8, cfg, spec.tokenizer_path, spec.use_teacher_ids, spec.topk_width)
+        ds = build_dataset([files * 8], cfg, spec.tokenizer_path, spec.use_teacher_ids, spec.topk_width)
         return drain(ds.iter_batches(batch_size=cfg.run.micro_batch_size, batch_format="numpy"))
 
     ray_pass()  # warm-up: task worker processes
