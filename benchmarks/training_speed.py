@@ -17,6 +17,9 @@ Prints one JSON object of same-run measurements.
   micro-batches: the function both the Ray Data pipeline and the follow-mode reader run; warm), divided by
   positions/s one training worker's steps consume. Goal >= 10. The Ray Data pipeline's own rate (start-up
   included) and its time to the first batch are reported next to it.
+- `chunked_vs_full_logits_step`: median step time of the demo student (one worker, one thread) with the
+  chunked loss training runs, over the same step computing full logits and the reference losses, on the same
+  micro-batches, alternating 5 rounds. Goal <= 1.0 (the chunked loss must not slow small students down).
 - `student_acc_sft`, `student_acc_kd`, `teacher_acc`: the demo student trained with SFT only and with
   KD only (top-4 teacher logprobs) at the same step budget, and the teacher, scored in vLLM on the same
   fresh held-out problems. The student accuracies are means over `--seeds` seeds (listed per seed next
@@ -131,6 +134,54 @@ def plain_torch_step_s(cfg, spec, files: list[str], steps: int) -> float:
 
 # ---- measurements --------------------------------------------------------------------------------
 
+def chunked_vs_full_logits_step(cfg, spec, files: list[str], rounds: int = 5, steps: int = 20) -> dict[str, float]:
+    """Median step time (forward + backward + AdamW, one worker, one thread) of the demo student with the chunked
+    loss (`StudentWithLoss`, what training runs) over the same step with full logits and the reference losses
+    (what training ran before), on the same micro-batches, alternating `rounds` times."""
+    import torch
+
+    from potstill.pipelines.distill import losses
+    from potstill.pipelines.distill.chunked_loss import LossScales
+    from potstill.pipelines.distill.local_reader import LocalReader
+    from potstill.pipelines.distill.loss_model import StudentWithLoss
+    from potstill.pipelines.distill.student import load_student, load_tokenizer
+    from potstill.pipelines.distill.train_loop import to_device
+
+    torch.set_num_threads(1)
+    batches = [to_device(b, torch.device("cpu")) for _, b in zip(range(steps), LocalReader(spec, cfg.run.micro_batch_size).batches(files))]
+    model = StudentWithLoss(load_student(cfg.student, load_tokenizer(spec.tokenizer_path), cfg.packing.max_tokens, 0))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def chunked(b):
+        n = float((b["labels"] != -100).sum())
+        loss, _, _ = model(b["input_ids"], b["position_ids"], b["labels"], b.get("topk_ids"), b.get("topk_logprobs"),
+                           scales=LossScales(cfg.loss.sft_weight / n, cfg.loss.kd_weight / n))
+        return loss
+
+    def full(b):
+        logits = model.lm(input_ids=b["input_ids"], position_ids=b["position_ids"], use_cache=False).logits
+        sft, kd = losses.loss_sums(logits, b, cfg.loss)
+        n = (b["labels"] != -100).sum()
+        return losses.mix(sft, kd, n, n, cfg.loss)
+
+    def median_step(fn) -> float:
+        times = []
+        for b in batches:
+            t0 = time.perf_counter()
+            fn(b).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+
+    a, b = [], []
+    for _ in range(rounds):
+        a.append(median_step(chunked))
+        b.append(median_step(full))
+    return {"chunked_vs_full_logits_step": round(statistics.median(a) / statistics.median(b), 3),
+            "step_ms_chunked_loss": round(statistics.median(a) * 1e3, 1), "step_ms_full_logits": round(statistics.median(b) * 1e3, 1)}
+
+
 def pack_spec(cfg, files: list[str]):
     from potstill.pipelines.distill.dataset import trace_sources
     from potstill.pipelines.distill.local_reader import PackSpec
@@ -214,6 +265,8 @@ def main(argv: list[str] | None = None) -> None:
     cfg = training_config(run, str(work / "ckpt"), "bench-timing")
     spec = pack_spec(cfg, files)
 
+    loss_step = chunked_vs_full_logits_step(cfg, spec, files)
+    print(f"[bench] loss step {loss_step}", file=sys.stderr, flush=True)
     loader = loader_rates(cfg, spec, files)
     print(f"[bench] loader {loader}", file=sys.stderr, flush=True)
     timing = cfg.model_copy(update={"run": cfg.run.model_copy(update={"epochs": args.epochs, "max_steps": None}),
@@ -240,6 +293,7 @@ def main(argv: list[str] | None = None) -> None:
         "train_positions_per_s_per_worker": round(consumed),
         "ray_data_positions_per_s_with_startup": round(loader["ray_data"]),
         "ray_data_first_batch_s": round(loader["ray_data_first_batch_s"], 1),
+        **loss_step,
     }
     if not args.quick:
         problems = load_eval_prompts("arithmetic:200", exclude=trained_questions(files))

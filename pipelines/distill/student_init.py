@@ -25,13 +25,19 @@ if TYPE_CHECKING:
     from potstill.schemas.training import TrainingConfig
 
 
+def state_key(name: str) -> str:
+    """The state-dict key of a parameter name of a (DDP- or checkpoint-wrapped) `StudentWithLoss`."""
+    name = name.replace("_checkpoint_wrapped_module.", "")
+    return name[len("module."):] if name.startswith("module.") else name
+
+
 def tied_aliases(model: Any) -> set[str]:
     """State-dict keys that name a parameter already named by an earlier key (tied embeddings)."""
     seen: set[int] = set()
     aliases: set[str] = set()
     for name, param in model.named_parameters(remove_duplicate=False):
         if id(param) in seen:
-            aliases.add(name.replace("_checkpoint_wrapped_module.", ""))
+            aliases.add(state_key(name))
         seen.add(id(param))
     return aliases
 

@@ -1,6 +1,6 @@
 """Training steps on N gloo processes (or in this process), for the strategy and checkpoint tests.
 
-    python -m tests.unit.distill.dist_steps step KIND WORLD PORT OUT.json              # one step, DDP or FSDP (fp32)
+    python -m tests.unit.distill.dist_steps step KIND WORLD PORT OUT.json              # one step, ddp/fsdp/fsdp-offload-ac (fp32)
     python -m tests.unit.distill.dist_steps save HF_DIR CKPT WORLD PORT OUT.json        # FSDP from HF, bf16, AC: 1 step, save
     python -m tests.unit.distill.dist_steps resume HF_DIR CKPT WORLD PORT OUT.json      # load CKPT, train the next step
 
@@ -84,7 +84,11 @@ def run_step(rank: int, world: int, kind: str, port: int, out: str) -> None:
     lm = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=64, intermediate_size=64, num_hidden_layers=2,
                                       num_attention_heads=1, num_key_value_heads=1, head_dim=64,
                                       max_position_embeddings=32, tie_word_embeddings=True))
-    model = parallel.wrap_model(StudentWithLoss(lm), kind, torch.device("cpu"))
+    if kind == "fsdp-offload-ac":  # FSDP2 with CPU offload and activation checkpointing: the same math
+        model = parallel.wrap_model(StudentWithLoss(lm), "fsdp", torch.device("cpu"), "fp32",
+                                    activation_checkpointing=True, cpu_offload=True)
+    else:
+        model = parallel.wrap_model(StudentWithLoss(lm), kind, torch.device("cpu"))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     sched = build_scheduler(opt, OptimConfig(warmup_steps=0, schedule="constant"), 10)
     m = _step(model, opt, sched, batch(0), rank, world, LossConfig(sft_weight=1.0, kd_weight=0.5, chunk_tokens=7))

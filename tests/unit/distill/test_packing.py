@@ -81,16 +81,16 @@ def test_packing_efficiency_is_at_least_095_on_realistic_lengths(name: str, leng
     assert packing_efficiency(out) >= 0.95, name
 
 
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "mistral"])
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
-def test_packed_forward_equals_separate_forwards(attn: str) -> None:
+def test_packed_forward_equals_separate_forwards(attn: str, arch: str) -> None:
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64)
-    config._attn_implementation = attn
-    model = LlamaForCausalLM(config).eval()
+    config = AutoConfig.for_model(arch, vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                  num_attention_heads=2, num_key_value_heads=2, head_dim=16, max_position_embeddings=64)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation=attn).eval()
     docs = [_doc(7, 2, 0), _doc(1, 0, 1), _doc(5, 1, 2), _doc(9, 3, 3)]
     out = pack(docs, max_tokens=16, pad_id=0)
     bins, _ = assign_bins([len(d) for d in docs], 16)  # the layout `pack` used

@@ -1,6 +1,6 @@
 """Strategies and checkpoints: a DCP checkpoint round-trips model, optimizer, scheduler and loop state; the HF export
 loads in transformers; one DDP and one FSDP step on 2 gloo processes equal the single-process step on the whole
-batch; a student built from a Hugging Face folder on the meta device (FSDP2, bf16, activation checkpointing) and
+batch (FSDP also with CPU offload and activation checkpointing); a student built from a Hugging Face folder on the meta device (FSDP2, bf16, activation checkpointing) and
 checkpointed by 2 workers resumes on 1 with the same next-step loss; the fault hook fires once.
 
     .venv/bin/pytest tests/unit/distill/test_parallel.py -q
@@ -79,6 +79,14 @@ def test_checkpoint_round_trips_everything_and_the_export_loads_in_transformers(
         torch.testing.assert_close(a["state"][k]["exp_avg"], b["state"][k]["exp_avg"])
     assert fresh_sched.last_epoch == sched.last_epoch and fresh_opt.param_groups[0]["lr"] == opt.param_groups[0]["lr"]
 
+    from potstill.pipelines.distill.student_init import tied_aliases
+
+    class Wrapped(torch.nn.Module):  # the parameter names DDP gives: "module." in front
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+    assert tied_aliases(model) == tied_aliases(Wrapped(model)) == {"lm.lm_head.weight"}
     tok = load_tokenizer("potstill:arithmetic-teacher")
     out = export_hf(model, tok, str(tmp_path / "student"), dtype=torch.float32, max_file_bytes=100_000)
     files = sorted(p.name for p in Path(out).iterdir())
@@ -114,7 +122,7 @@ def single_step(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 @pytest.mark.slow  # two gloo processes per case (~15 s)
-@pytest.mark.parametrize("kind", ["ddp", "fsdp"])
+@pytest.mark.parametrize("kind", ["ddp", "fsdp", "fsdp-offload-ac"])
 def test_two_worker_step_equals_the_single_process_step(tmp_path: Path, kind: str, single_step: dict) -> None:
     out = tmp_path / f"{kind}.json"
     _run("step", kind, "2", str(_free_port()), str(out))
