@@ -1,7 +1,7 @@
 """World-size independent batches: every optimizer step trains on the same packed rows on any number of workers.
 
     order = EpochOrder(num_rows=400, window_rows=512, seed=0)
-    source = GlobalOrderSource(blocks, micro_rows=2, accum=1, rank=r, world=w, seed=0, pad=empty_rows)
+    source = GlobalOrderSource(BlockRows(blocks, fetch_block), micro_rows=2, accum=1, rank=r, world=w, seed=0, pad=empty_rows)
     run_loop(..., epoch_batches=source, ...)          # source(epoch, state) -> this worker's micro-batches
 
 `blocks` lists the blocks of the materialized packed dataset in order (Ray
@@ -18,8 +18,9 @@ trained next. A resume skips `state.rows_in_epoch` positions (always whole
 steps). The last step of an epoch may be short; a worker with no chunk left in
 a micro-batch slot gets an all-padding batch (no labels: no loss, no gradient).
 
-A worker fetches each window's blocks from the object store once (zero-copy on
-its node) and keeps only its own rows of that window.
+A worker fetches each window's blocks once (`fetch(ref)`: from Ray's object
+store, zero-copy on its node, `jobs.train_dataset.fetch_block`) and keeps only
+its own rows of that window.
 """
 
 from __future__ import annotations
@@ -73,10 +74,10 @@ def chunk_positions(step: int, slot: int, rank: int, world: int, micro_rows: int
 class BlockRows:
     """Rows of the materialized dataset by index, fetched window by window (only the rows asked for are kept)."""
 
-    def __init__(self, blocks: list[tuple[Any, int]], fetch: Callable[[Any], dict[str, np.ndarray]] | None = None):
+    def __init__(self, blocks: list[tuple[Any, int]], fetch: Callable[[Any], dict[str, np.ndarray]]):
         self.refs = [ref for ref, _ in blocks]
         self.bounds = np.concatenate([[0], np.cumsum([n for _, n in blocks])]).astype(np.int64)
-        self.fetch = fetch or _fetch_block
+        self.fetch = fetch
 
     @property
     def num_rows(self) -> int:
@@ -96,13 +97,6 @@ class BlockRows:
             for k, v in data.items():
                 out[k][at] = v[local]
         return out if out is not None else {}
-
-
-def _fetch_block(ref: Any) -> dict[str, np.ndarray]:
-    import ray
-    from ray.data.block import BlockAccessor
-
-    return BlockAccessor.for_block(ray.get(ref)).to_numpy()
 
 
 class GlobalOrderSource:

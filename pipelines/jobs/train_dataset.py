@@ -59,3 +59,11 @@ def materialized_blocks(ds: Any) -> list[tuple[Any, int]]:
     """The blocks of a materialized dataset in order: (object ref, row count) each."""
     return [(ref, meta.num_rows) for bundle in ds.iter_internal_ref_bundles()
             for ref, meta in zip(bundle.block_refs, bundle.metadata)]
+
+
+def fetch_block(ref: Any) -> dict[str, Any]:
+    """A materialized block's columns as numpy arrays (from the object store; zero-copy on the block's node)."""
+    import ray
+    from ray.data.block import BlockAccessor
+
+    return BlockAccessor.for_block(ray.get(ref)).to_numpy()

@@ -155,8 +155,9 @@ def train_func(config: dict[str, Any]) -> None:
         epoch_batches = FollowSource(state, reader, spec, device, watcher, poll_s=cfg.data.follow_poll_s, on_wait=on_wait)
     else:
         from potstill.pipelines.distill.global_order import BlockRows, GlobalOrderSource
+        from potstill.pipelines.jobs.train_dataset import fetch_block
 
-        epoch_batches = GlobalOrderSource(BlockRows(config["blocks"]), micro, grad_accum, rank, world, cfg.run.seed,
+        epoch_batches = GlobalOrderSource(BlockRows(config["blocks"], fetch_block), micro, grad_accum, rank, world, cfg.run.seed,
                                           pad=lambda rows: empty_batch(spec, rows))
 
     fault = config["fault"]
