@@ -3,7 +3,7 @@
 - Ray is imported only in `pipelines/jobs/`, `actors/` and `cluster/`: every other
   module under `pipelines/` runs (and is unit-tested) without a cluster.
 - `schemas/` imports none of ray, vllm or torch.
-- A step room of `pipelines/` never imports an actor, the cluster layer, a job or the CLI.
+- A step room of `pipelines/` never imports an actor, the cluster layer or the CLI.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 PIPELINES = REPO / "pipelines"
-UPWARD = ("potstill.actors", "potstill.cluster", "potstill.cli", "potstill.pipelines.jobs")
+UPWARD = ("potstill.actors", "potstill.cluster", "potstill.cli")
 
 
 def imported_modules(path: Path) -> set[str]:
