@@ -100,6 +100,21 @@ def trace_arrow_schema(version: int = TRACE_SCHEMA_VERSION):
     return pa.schema(fields, metadata={b"potstill.schema_version": str(version).encode()})
 
 
-def trace_schema_hash() -> str:
-    """A short stable hash of the current trace layout, recorded in commits and manifests."""
-    return hashlib.sha256(json.dumps([TRACE_SCHEMA_VERSION, _layout(TRACE_SCHEMA_VERSION)]).encode()).hexdigest()[:16]
+def trace_schema_hash(version: int = TRACE_SCHEMA_VERSION) -> str:
+    """A short stable hash of a trace layout (default: the current one), recorded in commits and manifests."""
+    return hashlib.sha256(json.dumps([version, _layout(version)]).encode()).hexdigest()[:16]
+
+
+def readable_schema_hashes() -> set[str]:
+    """The layouts readers load (every version so far)."""
+    return {trace_schema_hash(v) for v in (1, TRACE_SCHEMA_VERSION)}
+
+
+def trace_read_schema():
+    """The Arrow schema readers hand out: the current layout with `topk_logprobs` as float32 log-probabilities
+    (decoded from the stored codes; layout-1 float16 values widened)."""
+    import pyarrow as pa
+
+    schema = trace_arrow_schema()
+    i = schema.get_field_index("topk_logprobs")
+    return schema.set(i, schema.field(i).with_type(pa.list_(pa.list_(pa.float32()))))

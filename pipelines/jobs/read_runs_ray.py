@@ -30,6 +30,14 @@ def _ray_predicate(runs: "CommittedRuns") -> Any:
     return predicate
 
 
+def _decode_topk_logprobs(table: Any) -> Any:
+    from potstill.pipelines.output.topk_codec import decode_logprobs_column
+    from potstill.schemas.trace import trace_read_schema
+
+    i = table.schema.get_field_index("topk_logprobs")
+    return table.set_column(i, trace_read_schema().field("topk_logprobs"), decode_logprobs_column(table.column(i)))
+
+
 def runs_to_ray(runs: "CommittedRuns", columns: Sequence[str] | None = None) -> Any:
     """A lazy `ray.data.Dataset` of the rows of `runs` that pass its row filter."""
     import pyarrow.fs as pafs
@@ -47,7 +55,10 @@ def runs_to_ray(runs: "CommittedRuns", columns: Sequence[str] | None = None) -> 
             continue
         store = runs.storage_for(mine[0])
         fs = pafs.PyFileSystem(pafs.FSSpecHandler(store.fs)) if store.remote else None
-        parts.append(ray.data.read_parquet([store.path(s.rel) for s in mine], filesystem=fs, columns=read_columns))
+        part = ray.data.read_parquet([store.path(s.rel) for s in mine], filesystem=fs, columns=read_columns)
+        if read_columns is None or "topk_logprobs" in read_columns:  # stored codes (or float16) -> log-probabilities
+            part = part.map_batches(_decode_topk_logprobs, batch_format="pyarrow")
+        parts.append(part)
     if not parts:
         return ray.data.from_arrow(runs.to_table(columns))
     ds = parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])

@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from potstill.schemas.generation import StorageConfig
-from potstill.schemas.trace import trace_arrow_schema
+from potstill.schemas.trace import trace_read_schema
 
 if TYPE_CHECKING:
     from potstill.pipelines.output.reader import CommittedRuns
@@ -39,7 +39,7 @@ def hf_features(columns: Sequence[str] | None = None) -> Any:
     import pyarrow as pa
 
     datasets = _import_datasets()
-    schema = trace_arrow_schema()
+    schema = trace_read_schema()
     if columns is not None:
         schema = pa.schema([schema.field(c) for c in columns])
     return datasets.Features.from_arrow_schema(schema)

@@ -30,7 +30,9 @@ from potstill.pipelines.output.run_record import RUN_RECORD
 from potstill.pipelines.output.storage import Storage, scrub
 from potstill.schemas.generation import StorageConfig
 from potstill.schemas.manifest import ShardStats
-from potstill.schemas.trace import FinishReason, trace_arrow_schema, trace_schema_hash
+from potstill.schemas.trace import (
+    TRACE_SCHEMA_VERSION, FinishReason, readable_schema_hashes, trace_arrow_schema, trace_read_schema, trace_schema_hash,
+)
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -111,6 +113,7 @@ class RunInfo:
     teacher_revision: str | None = None
     config: dict[str, Any] | None = None  # run.json's generation config, when present
     failed_prompts: int = 0
+    schema_version: int = TRACE_SCHEMA_VERSION  # the trace layout its shards were written in
 
     @property
     def accepted_fraction(self) -> float | None:
@@ -129,10 +132,15 @@ def _run_record(storage: Storage) -> dict[str, Any] | None:
         return None
 
 
+def _layout_of(hashes: set[str]) -> int:
+    return 1 if hashes == {trace_schema_hash(1)} else TRACE_SCHEMA_VERSION
+
+
 def _check_schema(storage: Storage, hashes: set[str]) -> None:
-    if hashes - {trace_schema_hash()}:
+    if hashes - readable_schema_hashes() or len(hashes) > 1:
         raise CommitError(f"{storage.uri}: shards were written with trace schema {sorted(hashes)}, this potstill reads "
-                          f"{trace_schema_hash()}; read it with the potstill version that wrote it")
+                          f"one of {sorted(readable_schema_hashes())} per run; read it with the potstill version that "
+                          "wrote it")
 
 
 def load_run(uri: str, storage_cfg: StorageConfig | None = None, *, allow_live: bool = True) -> RunInfo:
@@ -146,7 +154,8 @@ def load_run(uri: str, storage_cfg: StorageConfig | None = None, *, allow_live: 
         shards = [CommittedShard(storage.uri, manifest.run_id, s.shard_id, s.data_path, s.row_count, s.size_bytes, s.sha256)
                   for s in manifest.shards]
         return RunInfo(storage.uri, manifest.run_id, True, shards, manifest.totals, manifest.config_fingerprint,
-                       manifest.teacher_model, manifest.teacher_revision, config, len(manifest.failed))
+                       manifest.teacher_model, manifest.teacher_revision, config, len(manifest.failed),
+                       _layout_of({manifest.schema_hash}))
     commits = read_commits(storage)
     if not commits:
         what = "it has run.json but no commit yet" if record else "no run.json, no commits/*.json"
@@ -169,6 +178,7 @@ def load_run(uri: str, storage_cfg: StorageConfig | None = None, *, allow_live: 
         [CommittedShard(storage.uri, c.run_id, c.shard_id, c.data_path, c.row_count, c.size_bytes, c.sha256) for c in ordered],
         sum((c.stats for c in ordered), ShardStats()), (record or {}).get("config_fingerprint"),
         teacher.get("model"), teacher.get("revision"), config, sum(len(c.failed) for c in ordered),
+        _layout_of({c.schema_hash for c in ordered}),
     )
 
 
@@ -205,7 +215,8 @@ class CommittedRuns:
 
     @property
     def schema(self) -> "pa.Schema":
-        return trace_arrow_schema()
+        """The rows' schema as read: `topk_logprobs` are float32 log-probabilities whatever layout stored them."""
+        return trace_read_schema()
 
     @staticmethod
     def check_columns(columns: Sequence[str] | None) -> None:
@@ -234,6 +245,11 @@ class CommittedRuns:
                               "and re-run the generation with the same run id to regenerate that shard")
         if filtered:
             table = self.row_filter.apply(table)
+        if "topk_logprobs" in table.column_names:  # stored as compact codes (layout 2) or float16 (layout 1)
+            from potstill.pipelines.output.topk_codec import decode_logprobs_column
+
+            i = table.schema.get_field_index("topk_logprobs")
+            table = table.set_column(i, trace_read_schema().field("topk_logprobs"), decode_logprobs_column(table.column(i)))
         return table.select(list(columns)) if columns is not None else table
 
     def iter_tables(self, columns: Sequence[str] | None = None, *, filtered: bool = True) -> Iterator[tuple[CommittedShard, "pa.Table"]]:
@@ -247,7 +263,7 @@ class CommittedRuns:
 
         tables = [t for _, t in self.iter_tables(columns)]
         if not tables:
-            schema = trace_arrow_schema()
+            schema = trace_read_schema()
             return schema.empty_table() if columns is None else pa.schema([schema.field(c) for c in columns]).empty_table()
         return pa.concat_tables(tables)
 
@@ -260,6 +276,9 @@ class CommittedRuns:
     @property
     def dataset(self) -> Any:
         """A `pyarrow.dataset.Dataset` over exactly the committed files, with the row filter applied.
+
+        It reads the stored layout as is: `topk_logprobs` are the compact uint8 codes of
+        `pipelines/output/topk_codec.py` (decode them with `decode_logprobs_column`).
 
         S3 files are read through this project's retrying s3fs filesystem
         (wrapped in pyarrow's `PyFileSystem`); local ones natively.
@@ -275,7 +294,8 @@ class CommittedRuns:
                 continue
             store = self.storage_for(mine[0])
             fs = pafs.PyFileSystem(pafs.FSSpecHandler(store.fs)) if store.remote else pafs.LocalFileSystem()
-            children.append(ds.dataset([store.path(s.rel) for s in mine], schema=schema, format="parquet", filesystem=fs))
+            children.append(ds.dataset([store.path(s.rel) for s in mine], schema=trace_arrow_schema(run.schema_version),
+                                       format="parquet", filesystem=fs))
         dataset = children[0] if len(children) == 1 else ds.dataset(children) if children else ds.dataset([], schema=schema)
         expr = self.row_filter.arrow_expression()
         return dataset.filter(expr) if expr is not None else dataset

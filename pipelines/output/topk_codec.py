@@ -120,6 +120,22 @@ def reencode_v1(ids_column: Any, logprobs_column: Any) -> tuple["pa.Array", "pa.
     return encode_topk_columns(ids_column.to_pylist(), logprobs_column.to_pylist())
 
 
+def decode_logprobs_column(column: Any) -> "pa.Array":
+    """A `topk_logprobs` column of either layout as list<list<float32>> log-probabilities (nulls kept)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if not is_compact(arr.type):
+        return arr.cast(pa.list_(pa.list_(pa.float32())))
+    inner = arr.flatten()
+    per_token = pc.fill_null(pc.list_value_length(inner), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    values = decode_codes(inner.flatten().to_numpy(zero_copy_only=False), per_token)
+    rows = pa.ListArray.from_arrays(arr.offsets, pa.ListArray.from_arrays(inner.offsets, pa.array(values, pa.float32())),
+                                    mask=arr.is_null() if arr.null_count else None)
+    return rows
+
+
 def decode_logprob_rows(column: Any) -> list[list[list[float]] | None]:
     """Per row, per token, the log-probabilities of a `topk_logprobs` column of either version (for inspection)."""
     import pyarrow as pa

@@ -62,3 +62,33 @@ def test_compact_layout_takes_far_fewer_parquet_bytes_than_float16() -> None:
     v2 = pa.table({"topk_ids": a, "topk_logprobs": b})
     compact = size(v2, **encoding_options(v2.schema)) / tokens
     assert compact <= 64 and compact < 0.7 * size(v1) / tokens
+
+
+def test_a_run_written_in_layout_1_still_reads_with_log_probabilities(tmp_path) -> None:
+    """Old runs load: rewrite a (live) run as the float16 layout, its data files and commits saying so."""
+    import json as _json
+    from pathlib import Path
+
+    import potstill
+    from potstill.pipelines.output.storage import Storage
+    from potstill.schemas.trace import trace_arrow_schema, trace_schema_hash
+    from tests.unit.output.committed_runs import make_run
+
+    root = make_run(tmp_path / "r", "r", prompts=4, n=1, killed_attempt=False, finalize=False)
+    store = Storage(root)
+    for path in Path(root, "data").rglob("*.parquet"):
+        table = pq.read_table(path)
+        rows = table.to_pylist()
+        for r, lps in zip(rows, decode_logprob_rows(table.column("topk_logprobs"))):
+            r["topk_logprobs"], r["schema_version"] = lps, 1
+        pq.write_table(pa.Table.from_pylist(rows, schema=trace_arrow_schema(1)), path)
+    for name in store.list("commits"):
+        record = _json.loads(store.read_bytes(name))
+        record["schema_hash"] = trace_schema_hash(1)
+        Path(store.path(name)).write_text(_json.dumps(record))
+    runs = potstill.read_run(root)
+    assert runs.runs[0].schema_version == 1
+    table = runs.to_table(["topk_ids", "topk_logprobs"])
+    assert table.schema.field("topk_logprobs").type == pa.list_(pa.list_(pa.float32()))
+    assert table.column("topk_logprobs").to_pylist()[0][0] == [pytest.approx(-0.125, abs=1e-3), -2.0]
+    assert runs.dataset.to_table(columns=["topk_logprobs"]).num_rows == 4  # the stored layout, as is
