@@ -205,7 +205,10 @@ def main(argv: list[str] | None = None) -> None:
     work = Path(tempfile.mkdtemp(prefix="potstill-logprobs-"))
     ensure_ray(None, local_cpus(2, 1), dashboard=True)
     quiet_ray_data()
-    rows = read_rows(generate(work / "traces", args.problems))
+    rows = [r for r in read_rows(generate(work / "traces", args.problems)) if r.get("topk_ids") is not None]
+    if not rows:
+        raise SystemExit(f"the generation run in {work / 'traces'} produced no trace with top-k logprobs; see its "
+                         "manifest.json `failed` for why")
     result = {
         "bytes_per_token": {"arithmetic": sizes(rows), "synthetic_150k": sizes(synthetic_rows())},
         "arithmetic_completion_tokens": sum(len(r["topk_ids"]) for r in rows),

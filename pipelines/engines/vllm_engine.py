@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 _FINISH_REASONS = {"stop", "length", "abort"}
 PROMPT_CONTEXT_TOKENS = 8
 """Prompt tokens decoded in front of a completion, so its first token reads as it does after the prompt."""
+VLLM_DEFAULT_MAX_LOGPROBS = 20
+"""vLLM's default `max_logprobs`; sampling.logprobs above it raises the engine's limit to match."""
 _REPLACEMENT = "\ufffd"  # what a decoder makes of a character's bytes cut short
 
 
@@ -113,6 +115,8 @@ class VllmEngine:
             args["kv_cache_memory_bytes"] = int(t.kv_cache_gib * 2**30)
         if t.revision and not Path(self.model_path).is_dir():
             args["revision"] = t.revision
+        if self.sampling.logprobs > VLLM_DEFAULT_MAX_LOGPROBS:  # vLLM refuses every request above its max_logprobs
+            args["max_logprobs"] = self.sampling.logprobs
         args.update(t.engine_kwargs)
         return args
 

@@ -38,3 +38,8 @@ def test_the_schedule_does_not_change_a_runs_fingerprint():
     longest = GenerationConfig.model_validate(base | {"teacher": {"schedule": "longest_first"}})
     fcfs = GenerationConfig.model_validate(base | {"teacher": {"schedule": "fcfs"}})
     assert longest.fingerprint() == fcfs.fingerprint()
+
+
+def test_top_k_logprobs_above_vllms_default_limit_raise_the_engines_max_logprobs() -> None:
+    assert "max_logprobs" not in VllmEngine(TeacherConfig(), SamplingConfig(logprobs=20)).engine_args()
+    assert VllmEngine(TeacherConfig(), SamplingConfig(logprobs=64)).engine_args()["max_logprobs"] == 64
