@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import typer
 
-from potstill.cli import demo, eval, gc, generate, inspect, teacher, train
+from potstill.cli import demo, eval, gc, generate, inspect, logs, stop, submit, teacher, train
 
 app = typer.Typer(
     name="potstill",
@@ -25,6 +25,9 @@ app.command("gc")(gc.gc)
 app.command("train")(train.train)
 app.command("eval")(eval.eval_model)
 app.command("demo")(demo.demo)
+app.command("submit")(submit.submit)
+app.command("logs")(logs.logs)
+app.command("stop")(stop.stop)
 app.add_typer(teacher.app, name="teacher")
 
 
