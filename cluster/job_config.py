@@ -23,6 +23,16 @@ JobKind = Literal["generate", "train"]
 CONFIG_FILE = {"generate": "generate.yaml", "train": "train.yaml"}
 
 
+def submission_id(kind: str, run_id: str, attempt: int) -> str:
+    """The Ray Jobs API submission id of one attempt of a run (`potstill submit`, and the RayJobs' spec.jobId)."""
+    return f"potstill-{kind}-{run_id}-{attempt}"
+
+
+def job_metadata(job: "JobConfig", attempt: int) -> dict[str, str]:
+    """The Ray job metadata that marks a submission as attempt `attempt` of the job's run."""
+    return {"potstill_run_id": job.run_id, "potstill_kind": job.kind, "potstill_attempt": str(attempt)}
+
+
 def detect_kind(path: Path) -> JobKind:
     """`generate` for a generation config (it has `prompts`), `train` for a training config (`data` + `name`)."""
     try:

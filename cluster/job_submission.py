@@ -35,7 +35,7 @@ from typing import Any
 
 from potstill.cluster.auth_token import AuthToken
 from potstill.cluster.connect import forwarded_env
-from potstill.cluster.job_config import JobConfig
+from potstill.cluster.job_config import JobConfig, job_metadata, submission_id
 from potstill.cluster.kuberay_rules import credential_reason
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
@@ -46,11 +46,6 @@ _ADDRESS_ENV = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
 
 class ClusterError(RuntimeError):
     """The cluster cannot be reached or refused a request; the message says what to do."""
-
-
-def submission_id(kind: str, run_id: str, attempt: int) -> str:
-    """The Jobs API submission id of one attempt of a run."""
-    return f"potstill-{kind}-{run_id}-{attempt}"
 
 
 def resolve_address(address: str | None) -> str:
@@ -161,11 +156,13 @@ class RunJobs:
                     "> ~/.ray/potstill-token && chmod 600 ~/.ray/potstill-token)") from None
             raise ClusterError(f"could not {action} the Ray cluster at {self.address}: it refused the "
                                f"{self.token or 'token'}; use the token of that cluster") from None
-        except (ConnectionError, requests.exceptions.ConnectionError) as exc:
+        except (ConnectionError, requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
             raise ClusterError(f"could not {action} the Ray cluster at {self.address}: no Ray dashboard answers there "
                                f"({type(exc).__name__}); start the cluster, or forward its port "
                                "(kubectl -n potstill port-forward svc/potstill-head-svc 8265:8265), "
                                "or pass --address http://HEAD:8265") from None
+        except RuntimeError as exc:  # the Jobs API answered with an error (a 404 from something that is not Ray, ...)
+            raise ClusterError(f"could not {action} the Ray cluster at {self.address}: {exc}") from None
 
     def attempts(self, run_id: str, kind: str | None = None) -> list[Attempt]:
         """Every submission of `run_id` (of `kind`, when given) on this cluster, oldest attempt first."""
@@ -200,17 +197,16 @@ class RunJobs:
             return SubmitOutcome("succeeded", last, self.address)
         number = (last.attempt if last else 0) + 1
         sid = submission_id(job.kind, job.run_id, number)
-        metadata = {"potstill_run_id": job.run_id, "potstill_kind": job.kind, "potstill_attempt": str(number),
-                    "potstill_config_source": job.source}
+        metadata = {**job_metadata(job, number), "potstill_config_source": job.source}
         with tempfile.TemporaryDirectory(prefix="potstill-submit-") as folder:
             (Path(folder) / job.file_name).write_text(job.yaml(), encoding="utf-8")
             try:
                 with self._errors("submit to"):
                     self.client.submit_job(entrypoint=f"potstill {job.kind} {job.file_name}", submission_id=sid,
                                            runtime_env={"working_dir": folder, "env_vars": job_env()}, metadata=metadata)
-            except RuntimeError as exc:
+            except ClusterError as exc:
                 if "already exists" not in str(exc):
-                    raise ClusterError(f"the Ray cluster at {self.address} refused the job: {exc}") from None
+                    raise
                 winner = next(a for a in self.attempts(job.run_id, job.kind) if a.submission_id == sid)
                 return SubmitOutcome("running", winner, self.address, last)  # another submit won the race
         return SubmitOutcome("submitted", Attempt(sid, job.run_id, job.kind, number, "PENDING"), self.address, last)

@@ -8,7 +8,8 @@ kustomize and shipped in the package as `k8s_templates/<flavor>.yaml`
 (`bash k8s/sync-templates.sh`; a test fails while the copy is stale). This
 module takes that overlay's RayJob for the job's kind and changes only what
 the config decides: the name, the ConfigMap holding the config, the
-entrypoint, and the worker groups' maxReplicas (and GPUs per pod for tensor
+entrypoint, the Jobs API id and metadata (those `potstill submit` gives
+attempt 1, so `potstill logs/stop RUN_ID` work on it), and the worker groups' maxReplicas (and GPUs per pod for tensor
 parallelism) so the autoscaler can reach the replicas or workers the config
 asks for. The result must pass `kuberay_rules.check_manifest`, else it is
 refused: an invalid manifest is never printed.
@@ -25,7 +26,7 @@ from typing import Any, Literal
 
 import yaml
 
-from potstill.cluster.job_config import JobConfig, kubernetes_problems
+from potstill.cluster.job_config import JobConfig, job_metadata, kubernetes_problems, submission_id
 from potstill.cluster.kuberay_rules import GPU_RESOURCE, MAX_RAYJOB_NAME, check_manifest
 from potstill.schemas import ConfigError, GenerationConfig
 
@@ -164,6 +165,9 @@ def render_job(job: JobConfig, flavor: Flavor = "gpu", *, image: str | None = No
                           "annotations": annotations}
     spec = rayjob["spec"]
     spec["entrypoint"] = f"potstill {job.kind} {CONFIG_MOUNT}/{job.file_name}"
+    # The id and metadata `potstill submit` would give attempt 1, so `potstill logs/stop RUN_ID` find this job.
+    spec["jobId"] = submission_id(job.kind, job.run_id, 1)
+    spec["metadata"] = job_metadata(job, 1)
     cluster = spec["rayClusterSpec"]
     head = cluster["headGroupSpec"]["template"]["spec"]
     volume = next(v for v in head["volumes"] if v["name"] == CONFIG_VOLUME)

@@ -73,6 +73,7 @@ def submit(
     from potstill.cluster.job_submission import ClusterError
 
     jobs = connect(address, token_file)
+    _warn_local_paths(job, jobs.address)
     try:
         outcome = jobs.submit(job).to_dict()
     except ClusterError as exc:
@@ -82,6 +83,19 @@ def submit(
         return
     for line in _outcome_lines(outcome):
         console.print(line, highlight=False, soft_wrap=True)
+
+
+def _warn_local_paths(job, address: str) -> None:
+    """A local path means this machine's folder only when the cluster runs here; say so for a remote one."""
+    from urllib.parse import urlparse
+
+    if urlparse(address).hostname in ("127.0.0.1", "localhost", "::1"):
+        return
+    for key, uri in job.storage_uris().items():
+        if "://" not in uri:
+            console.print(f"note: {key} is the local path {uri}: the job reads and writes it on the cluster's nodes, "
+                          "not on this machine; use an s3:// URI unless every node shares that folder",
+                          highlight=False, soft_wrap=True)
 
 
 def _render(job, flavor: str, image: Optional[str], namespace: Optional[str], json_out: bool) -> None:

@@ -88,7 +88,7 @@ def _unique_list_map_keys(validator: Any, keys: list[str], instance: Any, schema
             continue
         key = tuple(item.get(k, "TCP" if k == "protocol" else None) for k in keys)
         if key in seen:
-            yield jsonschema.ValidationError(f"duplicate entry with {dict(zip(keys, key))} (list-map keys must be unique)")
+            yield jsonschema.ValidationError(f"duplicate entry with {dict(zip(keys, key, strict=True))} (list-map keys must be unique)")
         seen.add(key)
 
 

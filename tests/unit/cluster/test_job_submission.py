@@ -15,8 +15,8 @@ import pytest
 import yaml
 
 from potstill.cluster.auth_token import AuthToken, TokenError, find_token
-from potstill.cluster.job_config import load_job_config, with_absolute_paths
-from potstill.cluster.job_submission import DEFAULT_ADDRESS, Attempt, job_env, resolve_address, submission_id
+from potstill.cluster.job_config import load_job_config, submission_id, with_absolute_paths
+from potstill.cluster.job_submission import DEFAULT_ADDRESS, Attempt, job_env, resolve_address
 from potstill.schemas import ConfigError, GenerationConfig, validate_config
 
 REPO = Path(__file__).resolve().parents[3]

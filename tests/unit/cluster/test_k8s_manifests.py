@@ -42,10 +42,9 @@ def rendered(tmp_path_factory) -> dict[str, list[dict]]:
     for ov in OVERLAYS:
         for comp in COMPONENTS:
             folder = tmp_path_factory.mktemp(f"{ov}-{comp}")
-            rel = lambda p: os.path.relpath(p, folder)  # noqa: E731 - kustomize refuses absolute paths
-            (folder / "kustomization.yaml").write_text(yaml.safe_dump({
-                "resources": [rel(REPO / "k8s" / "overlays" / ov)],
-                "components": [rel(REPO / "k8s" / "components" / comp)]}))
+            (folder / "kustomization.yaml").write_text(yaml.safe_dump({  # relative: kustomize refuses absolute paths
+                "resources": [os.path.relpath(REPO / "k8s" / "overlays" / ov, folder)],
+                "components": [os.path.relpath(REPO / "k8s" / "components" / comp, folder)]}))
             out[f"{ov}+{comp}"] = kustomize(folder)
     return out
 
@@ -136,6 +135,9 @@ def test_rayjobs_run_the_configmap_configs_with_retries_deadlines_and_deletion_r
         path = REPO / "k8s" / "overlays" / overlay / "configs" / f"{kind}.yaml"
         assert configs[f"{kind}.yaml"] == path.read_text()
         runs[kind] = load_config(path, model)
+        run_id = runs[kind].run_id if kind == "generate" else runs[kind].name
+        assert spec["jobId"] == f"potstill-{kind}-{run_id}-1", "the id `potstill submit` gives attempt 1: logs/stop find it"
+        assert spec["metadata"] == {"potstill_run_id": run_id, "potstill_kind": kind, "potstill_attempt": "1"}
     gen, train = runs["generate"], runs["train"]
     assert gen.run_id, "a fixed run id: every RayJob attempt resumes the same run"
     out = gen.output.uri.replace("{run_id}", gen.run_id)

@@ -79,6 +79,8 @@ def test_every_render_passes_the_crd_schemas_and_operator_rules_and_runs_its_con
             f"{label}: the ConfigMap holds exactly the config, run id pinned"
         assert job["metadata"]["annotations"]["potstill.dev/run-id"] == shipped.run_id
         assert job["metadata"]["name"] == job_name(kind, shipped.run_id)
+        assert job["spec"]["jobId"] == f"potstill-{kind}-{shipped.run_id}-1", f"{label}: `potstill logs RUN_ID` finds it"
+        assert job["spec"]["metadata"] == {"potstill_run_id": shipped.run_id, "potstill_kind": kind, "potstill_attempt": "1"}
 
 
 def test_worker_groups_are_sized_from_the_config(tmp_path):
