@@ -42,6 +42,10 @@ def logs(
         final = jobs.follow(chosen, lambda chunk: (sys.stdout.write(chunk), sys.stdout.flush()))
     except ClusterError as exc:
         fail(str(exc))
+    except KeyboardInterrupt:
+        console.print(f"stopped following; job {chosen.submission_id} keeps running (`potstill stop {run_id}` stops it)",
+                      highlight=False, soft_wrap=True)
+        raise typer.Exit(130) from None
     console.print(f"job {final.submission_id} ended {final.status}", highlight=False)
     if final.status != "SUCCEEDED":
         raise typer.Exit(1)

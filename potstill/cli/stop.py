@@ -34,7 +34,10 @@ def stop(
     jobs = connect(address, token_file)
     try:
         latest = jobs.latest(run_id)
-        final = jobs.stop(latest, timeout_s=timeout) if latest.live else latest
+        final = latest
+        if latest.live:
+            with console.status(f"stopping job {latest.submission_id} (attempt {latest.attempt}) of run {run_id} ..."):
+                final = jobs.stop(latest, timeout_s=timeout)
     except ClusterError as exc:
         fail(str(exc))
     result = {"action": "stopped" if latest.live else "not_running", "address": jobs.address, **asdict(final)}
