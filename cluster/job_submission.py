@@ -41,6 +41,8 @@ from potstill.cluster.kuberay_rules import credential_reason
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 LIVE = ("PENDING", "RUNNING")
 TERMINAL = ("STOPPED", "SUCCEEDED", "FAILED")
+AGENT_WAIT_S = 120
+"""How long a submit waits for the head's job agent of a cluster that just started."""
 _ADDRESS_ENV = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
 
 
@@ -201,15 +203,32 @@ class RunJobs:
         with tempfile.TemporaryDirectory(prefix="potstill-submit-") as folder:
             (Path(folder) / job.file_name).write_text(job.yaml(), encoding="utf-8")
             try:
-                with self._errors("submit to"):
-                    self.client.submit_job(entrypoint=f"potstill {job.kind} {job.file_name}", submission_id=sid,
-                                           runtime_env={"working_dir": folder, "env_vars": job_env()}, metadata=metadata)
+                self._submit_when_ready(entrypoint=f"potstill {job.kind} {job.file_name}", submission_id=sid,
+                                        runtime_env={"working_dir": folder, "env_vars": job_env()}, metadata=metadata)
             except ClusterError as exc:
                 if "already exists" not in str(exc):
                     raise
                 winner = next(a for a in self.attempts(job.run_id, job.kind) if a.submission_id == sid)
                 return SubmitOutcome("running", winner, self.address, last)  # another submit won the race
         return SubmitOutcome("submitted", Attempt(sid, job.run_id, job.kind, number, "PENDING"), self.address, last)
+
+    def _submit_when_ready(self, wait_s: float = AGENT_WAIT_S, **job: Any) -> None:
+        """submit_job, waiting out a head node whose job agent has not registered yet (a cluster just started).
+
+        The dashboard answers "No available agent to submit job" before any
+        job exists, so a retry cannot start a second one (and the submission id
+        is unique anyway).
+        """
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                with self._errors("submit to"):
+                    self.client.submit_job(**job)
+                return
+            except ClusterError as exc:
+                if "No available agent" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(2)
 
     def logs(self, attempt: Attempt) -> str:
         """Everything the attempt's driver printed so far."""

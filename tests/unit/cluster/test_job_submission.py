@@ -112,3 +112,34 @@ def test_job_config_kind_run_id_and_the_yaml_the_cluster_runs(tmp_path, monkeypa
     odd.write_text("teacher: {model: x}\n")
     with pytest.raises(ConfigError, match="not a generation config .* nor a training config"):
         load_job_config(odd)
+
+
+def test_submit_waits_for_the_job_agent_of_a_cluster_that_just_started(monkeypatch):
+    """Right after `ray start` the dashboard answers 500 "No available agent" before any job exists: retried;
+    any other refusal is reported at once."""
+    from potstill.cluster import job_submission
+    from potstill.cluster.job_submission import ClusterError, RunJobs
+
+    class Client:  # stands in for JobSubmissionClient's submit_job only (the retry logic is pure)
+        def __init__(self, failures: list[str]):
+            self.failures, self.calls = failures, 0
+
+        def submit_job(self, **job):
+            self.calls += 1
+            if self.failures:
+                raise RuntimeError(self.failures.pop(0))
+
+    monkeypatch.setattr(job_submission.time, "sleep", lambda s: None)
+    jobs = RunJobs.__new__(RunJobs)
+    jobs.address, jobs.token = "http://127.0.0.1:8265", None
+    agent = "Request failed with status code 500: No available agent to submit job, please try again later."
+    jobs.client = Client([agent, agent])
+    jobs._submit_when_ready(entrypoint="potstill generate generate.yaml")
+    assert jobs.client.calls == 3
+    jobs.client = Client(["Request failed with status code 400: bad runtime env", agent])
+    with pytest.raises(ClusterError, match="bad runtime env"):
+        jobs._submit_when_ready(entrypoint="x")
+    assert jobs.client.calls == 1
+    jobs.client = Client([agent] * 3)
+    with pytest.raises(ClusterError, match="No available agent"):
+        jobs._submit_when_ready(wait_s=-1, entrypoint="x")
