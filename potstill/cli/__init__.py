@@ -10,7 +10,21 @@ from __future__ import annotations
 
 import typer
 
-from potstill.cli import decontaminate, demo, eval, export, gc, generate, inspect, plan, teacher, train
+from potstill.cli import (
+    decontaminate,
+    demo,
+    eval,
+    export,
+    gc,
+    generate,
+    inspect,
+    logs,
+    plan,
+    stop,
+    submit,
+    teacher,
+    train,
+)
 
 app = typer.Typer(
     name="potstill",
@@ -28,6 +42,9 @@ app.command("train")(train.train)
 app.command("eval")(eval.eval_model)
 app.command("demo")(demo.demo)
 app.command("plan")(plan.plan)
+app.command("submit")(submit.submit)
+app.command("logs")(logs.logs)
+app.command("stop")(stop.stop)
 app.add_typer(teacher.app, name="teacher")
 
 
