@@ -20,7 +20,8 @@ from potstill.schemas.training import TrainingConfig
 REPO = Path(__file__).resolve().parents[3]
 RECIPES = REPO / "examples" / "recipes"
 NEEDS_OPENAI_ENGINE = {"s1/generate.yaml"}
-"""Configs of the `openai` teacher engine (the API teacher issue), which this branch's schema does not have yet."""
+"""Configs of the `openai` teacher engine (the API teacher issue): until its schema (`teacher.api`) is merged they
+are refused on the teacher's keys only; from then on they load like every other config."""
 
 
 @pytest.fixture
@@ -48,7 +49,9 @@ def test_there_are_the_two_recipes_each_a_generation_and_training_pair_with_a_re
 @pytest.mark.parametrize("name", _recipes())
 def test_every_recipe_config_loads(name: str) -> None:
     model = GenerationConfig if "generate" in name else TrainingConfig
-    if name in NEEDS_OPENAI_ENGINE:
+    from potstill.schemas.generation import TeacherConfig
+
+    if name in NEEDS_OPENAI_ENGINE and "api" not in TeacherConfig.model_fields:
         with pytest.raises(ConfigError) as err:
             load_config(RECIPES / name, model)
         assert all(p.startswith("teacher.") for p in err.value.problems), err.value.problems  # only the engine's keys
