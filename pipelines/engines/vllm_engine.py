@@ -22,7 +22,7 @@ from typing import Any
 from potstill.pipelines.host.cpu_affinity import keep_frontend_off_worker_cores
 from potstill.pipelines.engines.cpu_memory import check_cpu_memory
 from potstill.pipelines.engines.protocol import EngineFailure, Generation, Sample
-from potstill.pipelines.models.assets import resolve_model, teacher_revision
+from potstill.pipelines.models.assets import resolve_model
 from potstill.schemas.generation import SamplingConfig, TeacherConfig
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,8 @@ class VllmEngine:
         self.sampling = sampling
         self.model_path = resolve_model(teacher.model)
         self.model_name = teacher.model
-        self.revision = teacher_revision(teacher.model, teacher.revision)
+        # The configured revision; a generation replica sets the run's pinned one (run.json), computed once per run.
+        self.revision = teacher.revision
         self._llm = None
         self._tokenizer = None
         self._params = None
