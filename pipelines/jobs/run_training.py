@@ -183,6 +183,9 @@ def run_training(
     from potstill.pipelines.distill.student import load_tokenizer
     from potstill.pipelines.jobs.train_worker import train_func, worker_config
 
+    from potstill.pipelines.observe.redact import install_redaction
+
+    install_redaction(cfg.model_dump())
     started = time.time()
     check_follow(cfg)
     follow = cfg.data.follow and data_files is None

@@ -88,6 +88,9 @@ def train_func(config: dict[str, Any]) -> None:
     from potstill.pipelines.distill.student import load_student, load_tokenizer
     from potstill.schemas.training import TrainingConfig
 
+    from potstill.pipelines.observe.redact import install_redaction
+
+    install_redaction(config["cfg"])  # every log record of this worker (Ray Train's, torch's, ours) redacted
     _quiet_reports()
     cfg = TrainingConfig.model_validate(config["cfg"])
     spec = PackSpec(**config["spec"])
