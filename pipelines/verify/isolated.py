@@ -7,9 +7,10 @@
 math-verify parses answers with sympy; an answer like `\\boxed{9^{9^{9^{9}}}}`
 makes it compute a power with hundreds of millions of digits inside one C
 call, which no signal or thread can interrupt and which holds the GIL of
-the process that runs it. So verdicts run in a separate process (spawned,
-never forked: a replica has threads): the caller's thread only waits on a
-pipe, its event loop keeps running, and a verdict that has used `timeout_s`
+the process that runs it. So verdicts run in a separate process (`worker.py`, a fresh
+interpreter: never a fork of a replica with threads, and never a re-import
+of the caller's main script as multiprocessing's spawn would do): the
+caller's thread only waits on a socket, its event loop keeps running, and a verdict that has used `timeout_s`
 of CPU time (or `WALL_FACTOR` times that in wall time, for a check that
 waits instead of computing) is judged False while the worker is killed and
 replaced. CPU time, not wall time, so a verdict never depends on how busy
@@ -24,14 +25,15 @@ the one pool of a process for that limit (every Judge of a replica uses it).
 from __future__ import annotations
 
 import logging
-import multiprocessing
-import os
 import queue
+import socket
+import subprocess
 import sys
 import threading
 import time
 import weakref
 from functools import lru_cache
+from multiprocessing.connection import Connection
 from typing import Any
 
 import psutil
@@ -56,44 +58,17 @@ class CheckError(RuntimeError):
     """The check itself raised in the worker (e.g. a user verifier's exception); the message says what."""
 
 
-def _serve(conn: Any) -> None:
-    """The worker: import the checkers, report ready, then answer (kind, args) requests until the pipe closes."""
-    from potstill.pipelines.verify.math import _math_verify, math_equal
-    from potstill.pipelines.verify.user_callable import load_callable
-
-    _math_verify()
-    math_equal("\\boxed{\\frac{1}{2}}", "0.5")  # the first parse builds the LaTeX grammar: not on a verdict's clock
-    functions: dict[str, Any] = {}
-    conn.send(("ready", os.getpid()))
-    while True:
-        try:
-            kind, args = conn.recv()
-        except (EOFError, OSError):
-            return
-        try:
-            if kind == "math":
-                value: Any = bool(math_equal(*args))
-            elif kind == "callable":
-                path, completion, reference, caller_path = args
-                if path not in functions:
-                    sys.path[:] = list(caller_path)  # import the function as the caller would
-                    functions[path] = load_callable(path)
-                verdict = functions[path](completion, reference)
-                value = None if verdict is None else bool(verdict)
-            else:
-                raise ValueError(f"unknown check {kind!r}")
-            conn.send(("ok", value))
-        except Exception as exc:  # noqa: BLE001 - reported to the caller, the worker lives on
-            conn.send(("error", f"{type(exc).__name__}: {exc}"))
-
-
 class _Worker:
+    """One verifier process (`python -m potstill.pipelines.verify.worker`) and its end of a socket pair."""
+
     def __init__(self) -> None:
-        ctx = multiprocessing.get_context("spawn")
-        self.conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=_serve, args=(child,), name="potstill-verifier", daemon=True)
-        self.process.start()
-        child.close()
+        ours, theirs = socket.socketpair()
+        try:
+            self.process = subprocess.Popen([sys.executable, "-m", "potstill.pipelines.verify.worker", str(theirs.fileno())],
+                                            pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
+        finally:
+            theirs.close()
+        self.conn = Connection(ours.detach())
         if not self.conn.poll(START_TIMEOUT_S):
             self.kill()
             raise CheckError(f"the verifier process did not start within {START_TIMEOUT_S:g} s")
@@ -119,12 +94,15 @@ class _Worker:
         return value
 
     def alive(self) -> bool:
-        return self.process.is_alive()
+        return self.process.poll() is None
 
     def kill(self) -> None:
-        if self.process.is_alive():
+        if self.process.poll() is None:
             self.process.kill()
-        self.process.join(timeout=10)
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # pragma: no cover - a kill that did not land
+            pass
         self.conn.close()
 
 
