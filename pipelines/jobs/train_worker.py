@@ -131,7 +131,8 @@ def train_func(config: dict[str, Any]) -> None:
                 board.post.remote(phase="waiting for shards", shards_seen=seen)
 
         reader = LocalReader(spec, cfg.run.micro_batch_size, SHUFFLE_BUFFER_ROWS, cfg.run.seed * 1000 + rank)
-        epoch_batches = FollowSource(state, reader, spec, device, watcher, poll_s=cfg.data.follow_poll_s, on_wait=on_wait)
+        epoch_batches = FollowSource(state, reader, spec, device, watcher, poll_s=cfg.data.follow_poll_s, on_wait=on_wait,
+                                     idle_timeout_s=cfg.data.follow_idle_timeout_s)
     else:
         shard = ray.train.get_dataset_shard("train")
         prefetch = prefetch_batches(device)
