@@ -23,8 +23,9 @@ class ControllerActor:
     def __init__(self, config_json: str, out_uri: str):
         from potstill.pipelines.observe.redact import configure_logging
 
-        configure_logging()  # level from POTSTILL_LOG_LEVEL; credentials redacted from every record
-        self.controller = GenerationController(GenerationConfig.model_validate_json(config_json), out_uri)
+        cfg = GenerationConfig.model_validate_json(config_json)
+        configure_logging(cfg.model_dump())  # level from POTSTILL_LOG_LEVEL; credentials redacted from every record
+        self.controller = GenerationController(cfg, out_uri)
 
     def run(self) -> dict[str, Any]:
         from potstill.cluster.ray_pool import RayReplicaPool

@@ -17,13 +17,15 @@ from typing import Any
 from potstill.pipelines.engines import EngineFailure, build_engine
 from potstill.pipelines.engines.faulty import FaultPlan, crash_before_commit
 from potstill.pipelines.generate.plan import WorkUnit
+from potstill.pipelines.models.assets import check_teacher
 from potstill.pipelines.observe.redact import configure_logging
+from potstill.pipelines.output.run_record import read_run_record
 from potstill.pipelines.output.shard_output import persist_unit
 from potstill.pipelines.output.shard_writer import warm_up as warm_up_writer
 from potstill.pipelines.output.storage import Storage
 from potstill.pipelines.generate.unit_runner import UnitResult, UnitRunner
 from potstill.pipelines.verify import build_judge
-from potstill.schemas.manifest import ShardCommit
+from potstill.schemas.manifest import RunRecord, ShardCommit
 from potstill.schemas.generation import GenerationConfig
 
 
@@ -31,8 +33,8 @@ class TeacherReplica:
     """Holds one teacher engine; `process(unit)` generates, verifies and commits a shard."""
 
     def __init__(self, config_json: str, out_uri: str, replica_id: str, engine_kwargs: dict[str, Any] | None = None):
-        configure_logging()
         self.cfg = GenerationConfig.model_validate_json(config_json)
+        configure_logging(self.cfg.model_dump())
         if engine_kwargs:
             self.cfg.teacher.engine_kwargs = {**self.cfg.teacher.engine_kwargs, **engine_kwargs}
         self.replica_id = replica_id
@@ -41,6 +43,7 @@ class TeacherReplica:
         self.faults = FaultPlan(self.cfg.faults) if self.cfg.faults and self.cfg.faults.rules else None
         self.runner = UnitRunner(self.engine, build_judge(self.cfg.verify), self.cfg.sampling, self.cfg.verify)
         self._start_task: asyncio.Task | None = None
+        self.record: RunRecord | None = None  # run.json, read when the engine starts
         self.units_done = 0
 
     async def start(self) -> dict[str, Any]:
@@ -58,14 +61,24 @@ class TeacherReplica:
                 "batch_capacity": self.engine.batch_capacity}
 
     async def _start_once(self) -> None:
+        await asyncio.to_thread(self._check_teacher)
         await self.engine.start()
         await asyncio.to_thread(warm_up_writer)
+
+    def _check_teacher(self) -> None:
+        """Refuse to start on a teacher folder other than the one the run pinned (stat only, no weight hashing);
+        rows then carry the run's revision."""
+        self.record = read_run_record(self.storage)
+        if self.record is None or self.record.teacher is None:
+            return  # a run of an older potstill: nothing pinned
+        check_teacher(self.cfg.teacher, self.record.teacher)
+        self.engine.revision = self.record.teacher.revision
 
     async def process(self, unit: WorkUnit) -> ShardCommit:
         """Generate, verify, write and commit one unit's shard."""
         result = await self.generate(unit)
         await asyncio.to_thread(crash_before_commit, self.faults, self.storage, unit, result, self.cfg.output)
-        commit = await asyncio.to_thread(persist_unit, self.storage, unit, result, self.cfg.output)
+        commit = await asyncio.to_thread(persist_unit, self.storage, unit, result, self.cfg.output, self.record)
         self.units_done += 1
         return commit
 

@@ -136,6 +136,7 @@ class VerifyConfig(StrictModel):
     accept_per_prompt: int | None = Field(default=None, ge=1, description="Rejection sampling: keep sampling a prompt until this many samples pass (None: keep the first `n`).")
     max_samples_per_prompt: int = Field(default=16, ge=1, description="Rejection sampling budget: samples drawn per prompt at most.")
     keep_rejected: bool = Field(default=True, description="Write rejected samples too (verified=False) so training can filter; False drops them.")
+    timeout_s: float = Field(default=1.0, gt=0, description="CPU seconds a `math` or `callable` verdict may use (or 20x that in wall time); one still running then (an answer sympy cannot finish, e.g. \\boxed{9^{9^{9^{9}}}}) is judged False and its worker process replaced. Verdicts run in their own process, so a slow one never holds the replica's event loop, and CPU time does not grow when the machine is busy.")
 
     @model_validator(mode="after")
     def _callable_needs_function(self) -> "VerifyConfig":

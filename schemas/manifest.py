@@ -54,6 +54,8 @@ class ShardCommit(StrictModel):
     failed: list[FailedPrompt] = Field(default_factory=list, description="Prompts of this unit recorded as failed.")
     stats: ShardStats = Field(description="Counts over the shard.")
     committed_at: datetime = Field(description="UTC time of the commit.")
+    plan_hash: str | None = Field(default=None, description="Hash of the run's planned prompts (run.json `plan.hash`) the unit came from; None in commits of older potstill versions.")
+    teacher_revision: str | None = Field(default=None, description="Teacher revision that generated the rows (run.json `teacher.revision`).")
 
 
 class ManifestShard(StrictModel):
@@ -75,7 +77,44 @@ class RunManifest(StrictModel):
     schema_hash: str = Field(description="Hash of the trace layout every shard uses.")
     teacher_model: str = Field(description="Teacher model name or path.")
     teacher_revision: str | None = Field(default=None, description="Teacher revision.")
+    plan_hash: str | None = Field(default=None, description="Hash of the planned prompts every shard was generated from.")
     shards: list[ManifestShard] = Field(description="Committed shards in plan order.")
     totals: ShardStats = Field(description="Counts summed over all shards.")
     failed: list[FailedPrompt] = Field(default_factory=list, description="All prompts recorded as failed.")
     finished_at: datetime = Field(description="The latest commit time (deterministic: re-finalizing writes the same bytes).")
+
+
+class PlanRecord(StrictModel):
+    """What a run was planned to produce, as recorded when it started."""
+
+    hash: str = Field(description="sha256 over every planned prompt (id, reference, max_tokens) and the shard partition.")
+    prompts: int = Field(description="Prompts planned.")
+    shard_ids: list[str] = Field(description="Planned shard ids in order (so a changed plan can be named shard by shard).")
+
+
+class TeacherRecord(StrictModel):
+    """The teacher a run generates with, pinned when it started."""
+
+    model: str = Field(description="Teacher model name or path, as configured.")
+    revision: str | None = Field(default=None, description="The configured revision, else a content hash of the local model folder; None when neither is known.")
+    files: list[tuple[str, int, int]] | None = Field(default=None, description="(relative path, size, mtime_ns) of every file of a local model folder: replicas check their folder against it by stat, without re-hashing the weights.")
+
+
+class RunRecord(StrictModel):
+    """`run.json`: binds an output root to one run, config, plan and teacher (created once, conditionally)."""
+
+    format: str = Field(default="potstill.run/1", description="Marks the folder as a potstill run output root.")
+    run_id: str = Field(description="The run.")
+    config_fingerprint: str = Field(description="Fingerprint of the generation config (GenerationConfig.fingerprint()).")
+    config: dict = Field(default_factory=dict, description="The generation config, secrets redacted.")
+    plan: PlanRecord | None = Field(default=None, description="The planned prompts; None in records of older potstill versions.")
+    teacher: TeacherRecord | None = Field(default=None, description="The pinned teacher; None in records of older potstill versions.")
+    created_at: datetime | None = Field(default=None, description="UTC time the run claimed the output root.")
+
+    @property
+    def plan_hash(self) -> str | None:
+        return self.plan.hash if self.plan else None
+
+    @property
+    def teacher_revision(self) -> str | None:
+        return self.teacher.revision if self.teacher else None

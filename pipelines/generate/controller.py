@@ -25,13 +25,12 @@ from typing import Any
 
 from potstill.pipelines.output.commit import committed_shard_ids, finalize_run
 from potstill.pipelines.ingest.prompts import IngestReport, iter_prompts
-from potstill.pipelines.models.assets import teacher_revision
 from potstill.pipelines.generate.plan import RunPlan, iter_units, plan_run
 from potstill.pipelines.observe.redact import redact
 from potstill.pipelines.engines.protocol import EngineFailure
 from potstill.pipelines.generate.pool import ReplicaLost, ReplicaPool, reason_of
 from potstill.pipelines.generate.replicas import Replica, min_sequences_for, missed_deadline, unit_limit
-from potstill.pipelines.output.run_record import claim_run
+from potstill.pipelines.output.run_record import open_run
 from potstill.pipelines.output.shard_output import persist_unit
 from potstill.pipelines.output.storage import Storage
 from potstill.pipelines.generate.supervision import Entry, FailurePolicy, Split, Verdict
@@ -105,8 +104,9 @@ class GenerationController:
     def run(self, pool: ReplicaPool) -> dict[str, Any]:
         if self.storage.remote:
             self.storage.check_conditional_create()
-        claim_run(self.storage, self.cfg, self.run_id)
         plan, report = self._plan()
+        self.record = open_run(self.storage, self.cfg, self.run_id, plan)  # pins plan and teacher (hashed once per run)
+        report.write(self.storage)
         committed = committed_shard_ids(self.storage)
         todo = [s for s in plan.shard_ids if s not in committed]
         self.progress.shards_skipped = len(plan.shard_ids) - len(todo)
@@ -115,9 +115,8 @@ class GenerationController:
             self.progress.phase = "generating"
             self._generate(plan, set(todo), pool)
         self.progress.phase = "finalizing"
-        teacher = self.cfg.teacher
-        revision = teacher_revision(teacher.model, teacher.revision)
-        manifest = finalize_run(self.storage, self.run_id, self.cfg.fingerprint(), teacher.model, revision, plan.shard_ids)
+        manifest = finalize_run(self.storage, self.run_id, self.cfg.fingerprint(), self.cfg.teacher.model,
+                                self.record.teacher_revision, plan.shard_ids, plan_hash=plan.plan_hash)
         self.progress.phase = "done"
         p = self.progress
         return {
@@ -138,9 +137,8 @@ class GenerationController:
         report = IngestReport()
         plan = plan_run(iter_prompts(self.cfg.prompts, self.cfg.output.storage, report), self.run_id,
                         self.cfg.output.prompts_per_shard)
-        report.write(self.storage)
         if not plan.shard_ids:
-            raise ValueError(f"prompts: no valid prompt in the source ({report.summary()}); see errors/ingest.jsonl in {self.out_uri}")
+            raise ValueError(f"prompts: no valid prompt in the source; nothing was written to {self.out_uri}\n{report.summary()}")
         self.progress.prompts_total = plan.total_prompts
         self.progress.shards_total = len(plan.shard_ids)
         return plan, report
@@ -148,7 +146,7 @@ class GenerationController:
     def _units(self, plan: RunPlan, todo: set[str]):
         """Second pass over the source: the units still to do, checked against the plan."""
         units = iter_units(iter_prompts(self.cfg.prompts, self.cfg.output.storage, IngestReport()), self.run_id,
-                           self.cfg.output.prompts_per_shard)
+                           self.cfg.output.prompts_per_shard, plan.plan_hash)
         for expected, unit in zip(plan.shard_ids, units):
             if unit.shard_id != expected:
                 raise RuntimeError(f"prompts.path changed while the run was planned (shard {unit.index} is "

@@ -30,7 +30,9 @@ def run_generation(cfg: GenerationConfig, *, address: str | None = None,
     from potstill.actors.controller_actor import ControllerActor, controller_name
     from potstill.cluster.connect import ensure_ray
     from potstill.pipelines.generate.controller import peak_rss_mb
+    from potstill.pipelines.observe.redact import install_redaction
 
+    install_redaction(cfg.model_dump())  # this driver's log records carry no credential or config secret
     ensure_ray(address)
     run_id = cfg.resolved_run_id()
     actor = ray.remote(ControllerActor).options(

@@ -43,12 +43,14 @@ def generate(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from potstill.pipelines.jobs.run_generation import run_generation
+    from potstill.pipelines.observe.redact import install_redaction
     from potstill.schemas import ConfigError, GenerationConfig, load_config
 
     try:
         cfg = load_config(config, GenerationConfig, {"output.uri": out, "run_id": run_id})
     except ConfigError as exc:
         fail(str(exc))
+    install_redaction(cfg.model_dump())  # log records and error lines of this driver carry no config secret
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("prompts"),
                TextColumn("· traces {task.fields[traces]} · accepted {task.fields[acc]} · {task.fields[tps]} tok/s"),
                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())

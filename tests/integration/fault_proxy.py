@@ -5,7 +5,9 @@
         ...
         proxy.fail_rate = 1.0                               # settings can change while it runs
 
-Per request, in this order: with probability `drop_rate` the connection is
+Per request, in this order: with `refuse_conditional` a request carrying
+`If-None-Match` is answered 501 NotImplemented (a store without conditional
+writes; counted in `refused`); with probability `drop_rate` the connection is
 closed without an answer (nothing reaches S3); with `fail_rate` it is answered
 503 with an S3 `SlowDown`/`ServiceUnavailable` error (nothing reaches S3);
 otherwise it is forwarded. `corrupt_puts(key) -> bool` picks successful
@@ -33,12 +35,14 @@ class FaultProxy:
     """Threaded HTTP proxy with configurable failure injection; a context manager."""
 
     def __init__(self, upstream: str, *, fail_rate: float = 0.0, drop_rate: float = 0.0, seed: int = 0,
-                 corrupt_puts: Callable[[str], bool] | None = None):
+                 corrupt_puts: Callable[[str], bool] | None = None, refuse_conditional: bool = False):
         parsed = urllib.parse.urlsplit(upstream)
         self.upstream_host, self.upstream_port = parsed.hostname or "127.0.0.1", parsed.port or 80
         self.upstream = upstream
         self.fail_rate, self.drop_rate = fail_rate, drop_rate
         self.corrupt_puts = corrupt_puts
+        self.refuse_conditional = refuse_conditional
+        self.refused = 0
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self.requests = self.failed = self.dropped = 0
@@ -139,6 +143,17 @@ def _handler_for(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
 
         def _handle(self) -> None:
             body = _read_body(self.rfile, self.headers)
+            if proxy.refuse_conditional and self.headers.get("If-None-Match") is not None:
+                with proxy._lock:
+                    proxy.refused += 1
+                payload = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>NotImplemented</Code><Message>A header '
+                           b'you provided implies functionality that is not implemented</Message></Error>')
+                self.send_response(501)
+                self.send_header("Content-Type", "application/xml")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+                return
             action = proxy.decide()
             if action == "drop":
                 self.close_connection = True
