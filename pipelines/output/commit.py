@@ -23,7 +23,7 @@ from pydantic import ValidationError
 
 from potstill.pipelines.output.shard_writer import WrittenShard, data_path_for
 from potstill.pipelines.output.storage import Storage
-from potstill.schemas.manifest import FailedPrompt, ManifestShard, RunManifest, ShardCommit, ShardStats
+from potstill.schemas.manifest import FailedPrompt, ManifestShard, RunManifest, ScalingAttempt, ShardCommit, ShardStats
 from potstill.schemas.generation import StorageConfig
 from potstill.schemas.trace import trace_schema_hash
 
@@ -157,12 +157,26 @@ def _check_data_objects(storage: Storage, commits: list[ShardCommit]) -> None:
                               f"generation with the same run_id to regenerate that shard")
 
 
+def _same_but_scaling(existing: bytes, manifest: RunManifest) -> RunManifest | None:
+    """The stored manifest if it equals `manifest` in everything but `scaling`, else None."""
+    try:
+        stored = RunManifest.model_validate_json(existing)
+    except ValidationError:
+        return None
+    if stored.model_dump(exclude={"scaling"}) != manifest.model_dump(exclude={"scaling"}):
+        return None
+    return stored
+
+
 def finalize_run(storage: Storage, run_id: str, config_fingerprint: str, teacher_model: str,
-                 teacher_revision: str | None, planned_shard_ids: list[str]) -> RunManifest:
+                 teacher_revision: str | None, planned_shard_ids: list[str],
+                 scaling: list[ScalingAttempt] | None = None) -> RunManifest:
     """Write manifest.json then _SUCCESS for a run whose planned shards are all committed.
 
     Idempotent: the bytes depend only on the commits and the arguments, so a
     second call is a no-op; different existing content raises CommitError.
+    `scaling` (the replica pool over time) is informational: a manifest that
+    differs from this one only there is kept as it is.
     """
     if not planned_shard_ids:
         raise ValueError(f"run {run_id!r}: planned_shard_ids is empty; a run needs at least one shard to finalize")
@@ -196,11 +210,16 @@ def finalize_run(storage: Storage, run_id: str, config_fingerprint: str, teacher
         shards=[ManifestShard(shard_id=c.shard_id, data_path=c.data_path, row_count=c.row_count,
                               size_bytes=c.size_bytes, sha256=c.sha256) for c in ordered],
         totals=totals, failed=[f for c in ordered for f in c.failed],
-        finished_at=max(c.committed_at for c in ordered),
+        finished_at=max(c.committed_at for c in ordered), scaling=list(scaling or []),
     )
     manifest_bytes = _dump(manifest)
-    if storage.exists(MANIFEST) and storage.read_bytes(MANIFEST) != manifest_bytes:
-        raise _conflict(storage, MANIFEST, run_id)  # before failures.jsonl is touched
+    if storage.exists(MANIFEST):
+        existing = storage.read_bytes(MANIFEST)
+        if existing != manifest_bytes:
+            kept = _same_but_scaling(existing, manifest)
+            if kept is None:
+                raise _conflict(storage, MANIFEST, run_id)  # before failures.jsonl is touched
+            manifest, manifest_bytes = kept, existing
     if any(c.failed for c in ordered):
         lines = [json.dumps({"shard_id": c.shard_id, **f.model_dump()}, sort_keys=True) for c in ordered for f in c.failed]
         storage.put(FAILURES, ("\n".join(lines) + "\n").encode())
