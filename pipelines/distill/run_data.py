@@ -11,7 +11,7 @@ before its commit can never leak into training (DESIGN.md, commit protocol).
 
 from __future__ import annotations
 
-from potstill.pipelines.output.commit import SUCCESS, RunNotFinishedError, read_commits, read_manifest
+from potstill.pipelines.output.commit import SUCCESS, RunNotFinishedError, committed_shard_ids, read_commits, read_manifest
 from potstill.pipelines.output.storage import Storage
 from potstill.schemas.generation import StorageConfig
 from potstill.schemas.training import TraceDataConfig
@@ -55,22 +55,27 @@ class CommitWatcher:
     A run counts as finished once its `_SUCCESS` exists; `_SUCCESS` is checked
     before the commits are listed, so when `poll` says finished, the files it
     has returned so far are the complete run (finalize writes `_SUCCESS` only
-    after every shard is committed).
+    after every shard is committed). Each poll lists the commit keys once and
+    reads only the commits it has not read before, so a poll costs one
+    listing plus the new commits, however many shards the run already has.
     """
 
     def __init__(self, runs: list[str], storage: StorageConfig, seen: list[str] | tuple[str, ...] = ()):
         self.runs = list(runs)
         self.storage = storage
-        self.seen: set[str] = set(seen)
+        self.seen: set[str] = set(seen)  # data files handed out (a resumed follower passes what it trained on)
         self._stores = [Storage(uri, storage) for uri in self.runs]
+        self._read: list[set[str]] = [set() for _ in self.runs]  # commit keys already read, per run
 
     def poll(self) -> tuple[list[str], bool]:
         """(newly committed data files in shard order, whether every run has finished)."""
         new: list[str] = []
         finished = True
-        for store in self._stores:
+        for store, read in zip(self._stores, self._read):
             finished &= store.exists(SUCCESS)
-            for commit in read_commits(store).values():
+            fresh = committed_shard_ids(store) - read
+            for shard_id, commit in read_commits(store, fresh).items():
+                read.add(shard_id)
                 uri = store.uri_of(commit.data_path)
                 if uri not in self.seen:
                     self.seen.add(uri)

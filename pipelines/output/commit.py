@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -113,9 +114,9 @@ def committed_shard_ids(storage: Storage) -> set[str]:
             if rel.endswith(".json") and rel.count("/") == 1}
 
 
-def read_commits(storage: Storage) -> dict[str, ShardCommit]:
-    """Every commit of the run, keyed and sorted by shard id (zero-padded ids sort in plan order)."""
-    ids = sorted(committed_shard_ids(storage))
+def read_commits(storage: Storage, shard_ids: Iterable[str] | None = None) -> dict[str, ShardCommit]:
+    """Commits of the run (or only of `shard_ids`, all committed), keyed and sorted by shard id (plan order)."""
+    ids = sorted(committed_shard_ids(storage) if shard_ids is None else shard_ids)
     raw = storage.read_many([commit_path(s) for s in ids])
     commits = {}
     for shard_id in ids:

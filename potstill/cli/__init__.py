@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import typer
 
-from potstill.cli import decontaminate, demo, eval, export, gc, generate, inspect, teacher, train
+from potstill.cli import decontaminate, demo, eval, export, gc, generate, inspect, scale, status, teacher, train
 
 app = typer.Typer(
     name="potstill",
@@ -20,6 +20,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.command("generate")(generate.generate)
+app.command("status")(status.status)
+app.command("scale")(scale.scale)
 app.command("inspect")(inspect.inspect)
 app.command("gc")(gc.gc)
 app.command("export")(export.export)
