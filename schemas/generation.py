@@ -190,9 +190,17 @@ class OutputConfig(StrictModel):
 class FaultRule(StrictModel):
     """One injected failure: what happens to a request (or shard) whose prompt contains `marker`."""
 
-    action: Literal["engine_dead", "engine_failure", "hang", "exit", "exit_before_commit"] = Field(description="`engine_dead`: kill the engine's own processes so the engine reports itself dead (vLLM: EngineDeadError); `engine_failure`: raise EngineFailure; `hang`: the request never returns; `exit`: the replica process exits at once (os._exit); `exit_before_commit`: the replica writes the shard's data object, then exits before committing it.")
+    action: Literal["engine_dead", "engine_failure", "hang", "hold", "exit", "exit_before_commit"] = Field(description="`engine_dead`: kill the engine's own processes so the engine reports itself dead (vLLM: EngineDeadError); `engine_failure`: raise EngineFailure; `hang`: the request never returns; `hold`: the request waits until `release_file` exists, then runs normally (a gate a test opens once it has seen what it waits for); `exit`: the replica process exits at once (os._exit); `exit_before_commit`: the replica writes the shard's data object, then exits before committing it.")
     marker: str = Field(min_length=1, description="Fires for prompts whose text (any message) contains this string.")
     times: int | None = Field(default=None, ge=1, description="Fire only on the first `times` matching requests of the run, counted across replicas in `faults.state_dir`; None fires every time.")
+    release_file: str | None = Field(default=None, description="For `hold`: the file (relative to faults.state_dir) whose creation releases held requests.")
+
+    @model_validator(mode="after")
+    def _hold_needs_release(self) -> "FaultRule":
+        if (self.action == "hold") != (self.release_file is not None):
+            raise ValueError("action `hold` needs `release_file` (and only `hold` takes one): the file whose creation "
+                             "releases the held requests")
+        return self
 
 
 class FaultsConfig(StrictModel):
@@ -207,10 +215,10 @@ class FaultsConfig(StrictModel):
 
     @model_validator(mode="after")
     def _times_need_state(self) -> "FaultsConfig":
-        counted = [i for i, r in enumerate(self.rules) if r.times is not None]
+        counted = [i for i, r in enumerate(self.rules) if r.times is not None or r.action == "hold"]
         if counted and not self.state_dir:
-            raise ValueError(f"rules {counted} set `times` but `state_dir` is empty; set faults.state_dir to a local "
-                             "folder the replicas share, or drop `times` to fire every time")
+            raise ValueError(f"rules {counted} set `times` or `hold` but `state_dir` is empty; set faults.state_dir to a "
+                             "local folder the replicas share, or drop `times` to fire every time")
         return self
 
 

@@ -20,9 +20,9 @@ from potstill.schemas.manifest import ReplicaCountSample, ShardStats
 __all__ = ["GenerationStatus", "GenerationSummary", "ReplicaCountSample", "ReplicaInfo", "ReplicaState", "ScaleBounds",
            "ScaleResult"]
 
-ReplicaState = Literal["pending", "starting", "ready", "draining"]
+ReplicaState = Literal["pending", "starting", "ready", "draining", "retired"]
 """pending: not placed yet (waits for resources); starting: placed, engine loading; ready: working;
-draining: gets no new unit, its in-flight units finish, then it is removed."""
+draining: gets no new unit, its in-flight units finish, then it is removed; retired: gone (summary only)."""
 
 
 class ReplicaInfo(StrictModel):
@@ -33,6 +33,7 @@ class ReplicaInfo(StrictModel):
     node_id: str | None = Field(default=None, description="Node it runs on (None while pending).")
     waiting_for: str | None = Field(default=None, description="Pending: the resources it waits for and why they are not free.")
     draining_because: str | None = Field(default=None, description="Draining: scale-down, idle, or the node draining (with its deadline).")
+    retired_because: str | None = Field(default=None, description="Retired: drained, preempted, run finished, or the failure it was replaced for.")
     units_in_flight: int = Field(default=0, description="Units queued on it now.")
     units_done: int = Field(default=0, description="Units it finished in this run.")
     completion_tokens: int = Field(default=0, description="Completion tokens of the units it finished.")
@@ -125,6 +126,7 @@ class GenerationSummary(StrictModel):
     units_requeued: int = Field(default=0, description="Units requeued without blame.")
     units_split: int = Field(default=0, description="Units split to isolate a poison prompt.")
     replica_history: list[ReplicaCountSample] = Field(default_factory=list, description="The pool over time (this controller).")
+    replicas: list[ReplicaInfo] = Field(default_factory=list, description="Every replica this controller ran, as it ended (node, units, tokens/s, why it left).")
     elapsed_s: float = Field(default=0.0, description="Seconds the controller ran.")
     generation_s: float = Field(default=0.0, description="First engine ready to last shard committed.")
     controller_peak_rss_mb: float = Field(default=0.0, description="Peak resident memory of the controller process.")

@@ -155,6 +155,7 @@ class GenerationController:
         self._lease: RunLease | None = None
         self.history: PoolHistory | None = None
         self._recorder: ScalingRecorder | None = None
+        self._retired: list[ReplicaInfo] = []  # every replica that left, as it left (the summary lists them)
 
     # -- public, called through the actor -------------------------------------------------
     def status(self) -> GenerationStatus:
@@ -247,7 +248,7 @@ class GenerationController:
             replicas_drained=p.replicas_drained, replicas_preempted=p.replicas_preempted,
             peak_replicas=self.history.peak_ready if self.history else 0, units_retried=p.units_retried,
             units_requeued=p.units_requeued, units_split=p.units_split,
-            replica_history=list(self.history.samples) if self.history else [],
+            replica_history=list(self.history.samples) if self.history else [], replicas=list(self._retired),
             elapsed_s=time.time() - p.started_at, generation_s=self._generation_s,
             controller_peak_rss_mb=peak_rss_mb(),
         )
@@ -311,6 +312,7 @@ class GenerationController:
             for rep in list(self._replicas):
                 self._collect_requests(rep)
                 pool.kill(rep)
+                self._retired.append(_info_of(rep, pool.now(), retired="run finished"))
             self._replicas.clear()
             self._room.clear()
             self.history.note("run finished")
@@ -702,6 +704,7 @@ class GenerationController:
         if rep.ready_at is not None:
             self._ready_s_retired += now - rep.ready_at
             self._tokens_retired += rep.completion_tokens
+        self._retired.append(_info_of(rep, now, retired=kind))
         p = self.progress
         if kind == "drained":
             p.replicas_drained += 1
@@ -775,11 +778,7 @@ class GenerationController:
         backoff = None
         if self._backoff_until is not None and now < self._backoff_until:
             backoff = f"{self._backoff_reason}; next start in {self._backoff_until - now:.0f} s"
-        replicas = [ReplicaInfo(
-            name=r.name, state=r.state, node_id=r.node_id, waiting_for=r.waiting_for if r.placed_at is None else None,
-            draining_because=r.draining, units_in_flight=len(r.inflight), units_done=r.units_done,
-            completion_tokens=r.completion_tokens, tokens_per_s=r.tokens_per_s(now), age_s=now - r.created_at,
-        ) for r in self._replicas]
+        replicas = [_info_of(r, now) for r in self._replicas]
         return GenerationStatus(
             run_id=self.run_id, out=self.out_uri, phase=p.phase, error=p.error, prompts_total=p.prompts_total,
             prompts_done=p.prompts_done, shards_total=p.shards_total, shards_done=p.shards_done,
@@ -794,6 +793,14 @@ class GenerationController:
             engine_requests=p.engine_requests, totals=t, elapsed_s=time.time() - p.started_at,
             generation_s=generation_s,
         )
+
+
+def _info_of(r: Replica, now: float, retired: str | None = None) -> ReplicaInfo:
+    return ReplicaInfo(
+        name=r.name, state="retired" if retired else r.state, node_id=r.node_id,
+        waiting_for=r.waiting_for if r.placed_at is None and not retired else None, draining_because=r.draining,
+        retired_because=retired, units_in_flight=len(r.inflight), units_done=r.units_done,
+        completion_tokens=r.completion_tokens, tokens_per_s=r.tokens_per_s(now), age_s=now - r.created_at)
 
 
 def _drop(calls: dict[Any, Replica], rep: Replica) -> None:

@@ -106,6 +106,7 @@ class _Call:
     method: str = ""
     value: Any = None
     error: BaseException | None = None
+    samples: int = 0  # a unit's sequences in the engine until it is done (what load() reports)
 
 
 class SimulatedPool:
@@ -201,7 +202,7 @@ class SimulatedPool:
         elif method == "start":
             self._start(call, fault)
         elif method == "load":
-            call.value = sim.runner.sequences_pending if sim.runner is not None else 0
+            self._load(call, below=args[1], timeout_s=args[2])
         else:
             self._run_unit(call, method, unit, fault)
         return self._schedule(call)
@@ -319,8 +320,24 @@ class SimulatedPool:
             call.value = {"replica_id": f"replica-{sim.index}", "batch_capacity": self.batch_capacity,
                           "node_id": sim.node}
 
+    def _load(self, call: _Call, below: int, timeout_s: float) -> None:
+        """The long poll: answers when the replica's engine holds fewer than `below` sequences (its units in
+        flight x n), or after `timeout_s`, with the count at that moment."""
+        running = sorted((c.done_at, c.samples) for cid in call.rep.calls
+                         if (c := self._calls[cid]).samples and c.done_at > self.clock)
+        pending = sum(samples for _, samples in running)
+        at = self.clock
+        for done_at, samples in running:
+            if pending < below or done_at > self.clock + timeout_s:
+                break
+            at, pending = done_at, pending - samples
+        if pending >= below:
+            at = self.clock + timeout_s
+        call.done_at, call.value = at, pending
+
     def _run_unit(self, call: _Call, method: str, unit: WorkUnit, fault: str | None) -> None:
         sim = call.rep
+        call.samples = len(unit.prompts) * self.cfg.sampling.n
         took = self.unit_s(unit, sim.index) if self.unit_s is not None else self.prompt_s * len(unit.prompts)
         # A unit sent before the engine is up waits for it (the replica's process() awaits start()).
         call.done_at = max(self.clock, sim.ready_at) + took / sim.speed

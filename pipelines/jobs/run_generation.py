@@ -37,7 +37,10 @@ def output_uri(cfg: GenerationConfig) -> str:
 
 
 def _local(address: str | None) -> bool:
-    return not (address or os.environ.get("RAY_ADDRESS"))
+    """Whether this driver would start its own local Ray (which ends with the driver)."""
+    import ray
+
+    return not (address or os.environ.get("RAY_ADDRESS") or ray.is_initialized())
 
 
 def _controller(cfg: GenerationConfig, token: str, detach: bool):
@@ -47,9 +50,13 @@ def _controller(cfg: GenerationConfig, token: str, detach: bool):
     from potstill.actors.controller_actor import ControllerActor, controller_name
     from potstill.cluster.ray_pool import NAMESPACE
 
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
     run_id = cfg.resolved_run_id()
+    # Beside the driver when it can be (a job's driver runs on the head, which spot preemption spares).
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
     options = dict(name=controller_name(run_id), namespace=NAMESPACE, get_if_exists=True, num_cpus=0,
-                   max_concurrency=16, max_restarts=0)
+                   max_concurrency=16, max_restarts=0, scheduling_strategy=here)
     if detach:
         options["lifetime"] = "detached"
     actor = ray.remote(ControllerActor).options(**options).remote(cfg.model_dump_json(), output_uri(cfg), token, detach)
@@ -90,8 +97,8 @@ def run_generation(cfg: GenerationConfig, *, address: str | None = None,
     from potstill.cluster.connect import ensure_ray
     from potstill.pipelines.generate.controller import peak_rss_mb
 
-    ensure_ray(address)
-    record = live_runs.record(cfg.resolved_run_id(), ray.get_runtime_context().gcs_address) if _local(address) else None
+    started_local = ensure_ray(address)
+    record = live_runs.record(cfg.resolved_run_id(), ray.get_runtime_context().gcs_address) if started_local else None
     token = uuid.uuid4().hex
     try:
         for attempt in range(3):

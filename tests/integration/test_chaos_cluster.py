@@ -21,6 +21,7 @@ from chaos_support import (  # noqa: E402
     question, replica_handles, wait_for,
 )
 
+from potstill.cluster.ray_pool import RayReplicaPool  # noqa: E402
 from potstill.pipelines.generate.controller import GenerationController  # noqa: E402
 from potstill.schemas import StorageConfig  # noqa: E402
 
@@ -67,7 +68,7 @@ def test_node_removed_mid_run_work_continues_on_the_remaining_node(s3_server, cl
 
     def drive() -> None:
         try:
-            outcome["summary"] = controller.run()
+            outcome["summary"] = controller.run(RayReplicaPool(cfg, uri))
         except BaseException as exc:  # noqa: BLE001 - re-raised in the test thread
             outcome["error"] = exc
 
@@ -95,7 +96,8 @@ def test_node_removed_mid_run_work_continues_on_the_remaining_node(s3_server, cl
         thread.join(300)
     assert "error" not in outcome, outcome.get("error")
     summary = outcome["summary"]
-    assert summary["replaced_for"] == {"actor_died": 1} and summary["units_retried"] >= 1
+    # The node died with the replica: its units are requeued, none blamed.
+    assert summary.replaced_for == {"node_lost": 1} and summary.units_requeued >= 1 and summary.units_retried == 0
     assert_same_output(finished(uri, storage, summary), clean)
 
 

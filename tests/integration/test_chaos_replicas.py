@@ -117,7 +117,7 @@ def test_crash_between_data_put_and_commit_commits_once_and_the_orphan_is_collec
     assert store.list(f"data/{shard.shard_id}") == [shard.data_path]
     # Re-running the finished run commits nothing twice: every shard is skipped, the records are untouched.
     again = run_generation(cfg)
-    assert again["shards_skipped"] == SHARDS and again["engine_requests"] == 0
+    assert again.shards_skipped == SHARDS and again.engine_requests == 0
     assert {rel: store.read_bytes(rel) for rel in store.list("commits")} == commits_before
     assert_same_output(finished(run.uri, run.storage, again), clean, minus={run.prompt_of(POISON)})
 
