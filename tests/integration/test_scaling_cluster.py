@@ -141,6 +141,31 @@ def finish(proc: subprocess.Popen, log: Path, limit_s: float) -> dict:
     return last_json_line(text)
 
 
+def controller_up(run_id: str, address: str) -> bool:
+    """Whether the run's controller actor exists yet (a driver creates it a few seconds after it starts)."""
+    from potstill.pipelines.jobs.run_control import RunNotLive, run_status
+
+    try:
+        run_status(run_id, address=address)
+        return True
+    except RunNotLive:
+        return False
+
+
+def stop_run(run_id: str, state: Path) -> None:
+    """After a failed step: open the gate and remove the run's controller, so no thread outlives the test."""
+    import ray
+
+    from potstill.actors.controller_actor import controller_name
+    from potstill.cluster.ray_pool import NAMESPACE
+
+    (state / "go").touch()
+    try:
+        ray.kill(ray.get_actor(controller_name(run_id), namespace=NAMESPACE))
+    except ValueError:
+        pass
+
+
 def ready_nodes(s: GenerationStatus) -> list[str]:
     return sorted(r.node_id for r in s.replicas if r.state == "ready")
 
@@ -172,37 +197,52 @@ def test_train_follows_a_live_run_scaled_1_2_1_from_other_processes_and_reads_ev
     on_cluster = ["--address", c.address]
     gen_args = ["generate", str(gen_yaml), "--run-id", "story", "--json"]
 
-    # Two drivers of one run at once: whichever creates the controller, the other attaches.
-    detached = cli(gen_args + on_cluster + ["--detach"], tmp_path / "detach.log")
-    attached = cli(gen_args + on_cluster, tmp_path / "attach.log")
-    started = finish(detached, tmp_path / "detach.log", 300)
-    assert started["run_id"] == "story" and started["phase"] in ("planning", "generating")
-    status = lambda: run_status("story", address=c.address)  # noqa: E731 - polled below
-    wait_for(lambda: len(ready_nodes(status())) == 1, 300, "the first replica's engine")
-    training = cli(["train", str(train_yaml), "--follow", "--json"], tmp_path / "train.log", RAY_ADDRESS="")
-    # A driver on another cluster (its own local Ray) is refused by the run's lease, naming where it lives.
-    elsewhere = cli(gen_args, tmp_path / "elsewhere.log", RAY_ADDRESS="")
-    wait_for(lambda: commits(str(out)) >= 2, 300, "two commits")
+    procs: list[subprocess.Popen] = []
 
-    scaled = cli(["scale", "story", "--replicas", "2", "--json"] + on_cluster, tmp_path / "scale2.log")
-    assert finish(scaled, tmp_path / "scale2.log", 120)["target"] == 2
-    two = wait_for(lambda: (s := status()) if len(ready_nodes(s)) == 2 else None, 300, "two ready replicas")
-    assert len(set(ready_nodes(two))) == 2  # spread over both nodes
-    shown = cli(["status", "story", "--json"] + on_cluster, tmp_path / "status.log")
-    seen = GenerationStatus.model_validate(finish(shown, tmp_path / "status.log", 120))
-    assert seen.bounds.fixed == 2 and seen.backlog_prompts > 0 and seen.prompts_total == count
+    def run_cli(args: list[str], name: str, **env: str) -> subprocess.Popen:
+        procs.append(cli(args, tmp_path / name, **env))
+        return procs[-1]
 
-    scaled = cli(["scale", "story", "--replicas", "1", "--json"] + on_cluster, tmp_path / "scale1.log")
-    assert finish(scaled, tmp_path / "scale1.log", 120)["target"] == 1
-    wait_for(lambda: (s := status()).replicas_drained == 1 or any(r.state == "draining" for r in s.replicas), 300,
-             "the surplus replica to drain")
-    assert elsewhere.wait(timeout=300) == 1
-    refusal = (tmp_path / "elsewhere.log").read_text()
-    assert "RunLiveElsewhere" in refusal and "is live elsewhere" in refusal and "potstill status story" in refusal
+    try:
+        # Two drivers of one run at once: whichever creates the controller, the other attaches.
+        detached = run_cli(gen_args + on_cluster + ["--detach"], "detach.log")
+        attached = run_cli(gen_args + on_cluster, "attach.log")
+        started = finish(detached, tmp_path / "detach.log", 300)
+        assert started["run_id"] == "story" and started["phase"] in ("planning", "generating")
+        status = lambda: run_status("story", address=c.address)  # noqa: E731 - polled below
+        wait_for(lambda: controller_up("story", c.address), 120, "the run's controller")
+        wait_for(lambda: len(ready_nodes(status())) == 1, 300, "the first replica's engine")
+        training = run_cli(["train", str(train_yaml), "--follow", "--json"], "train.log", RAY_ADDRESS="")
+        # A driver on another cluster (its own local Ray) is refused by the run's lease, naming where it lives.
+        elsewhere = run_cli(gen_args, "elsewhere.log", RAY_ADDRESS="")
+        wait_for(lambda: commits(str(out)) >= 2, 300, "two commits")
 
-    (state / "go").touch()
-    summary = finish(attached, tmp_path / "attach.log", 600)
-    trained = finish(training, tmp_path / "train.log", 900)
+        scaled = run_cli(["scale", "story", "--replicas", "2", "--json"] + on_cluster, "scale2.log")
+        assert finish(scaled, tmp_path / "scale2.log", 120)["target"] == 2
+        two = wait_for(lambda: s if len(ready_nodes(s := status())) == 2 else None, 300, "two ready replicas")
+        assert len(set(ready_nodes(two))) == 2  # spread over both nodes
+        shown = run_cli(["status", "story", "--json"] + on_cluster, "status.log")
+        seen = GenerationStatus.model_validate(finish(shown, tmp_path / "status.log", 120))
+        assert seen.bounds.fixed == 2 and seen.backlog_prompts > 0 and seen.prompts_total == count
+
+        scaled = run_cli(["scale", "story", "--replicas", "1", "--json"] + on_cluster, "scale1.log")
+        assert finish(scaled, tmp_path / "scale1.log", 120)["target"] == 1
+        wait_for(lambda: (s := status()).replicas_drained == 1 or any(r.state == "draining" for r in s.replicas), 300,
+                 "the surplus replica to drain")
+        assert elsewhere.wait(timeout=300) == 1
+        refusal = (tmp_path / "elsewhere.log").read_text()
+        assert "RunLiveElsewhere" in refusal and "is live elsewhere" in refusal and "potstill status story" in refusal
+
+        (state / "go").touch()
+        summary = finish(attached, tmp_path / "attach.log", 600)
+        trained = finish(training, tmp_path / "train.log", 900)
+
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+        if not (out / "_SUCCESS").exists():
+            stop_run("story", state)
 
     manifest = read_manifest(str(out))
     keys = keys_of(str(out))
@@ -240,36 +280,50 @@ def test_a_drained_node_loses_no_work_a_new_node_takes_the_pending_replica_and_t
     cfg = gen_config(str(out), "drain", count, per_shard, str(state), held=held, min_replicas=2, max_replicas=3,
                      drain_margin_s=5)
     outcome: dict = {}
-    thread = threading.Thread(target=lambda: outcome.update(summary=run_generation(cfg)), daemon=True)
+
+    def drive() -> None:
+        try:
+            outcome["summary"] = run_generation(cfg)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=drive, daemon=True)
     thread.start()
     statuses: list[GenerationStatus] = []
 
     def status() -> GenerationStatus:
-        assert "summary" in outcome or thread.is_alive(), "the run ended early"
+        assert "error" not in outcome, outcome.get("error")
         statuses.append(run_status("drain", address=c.address))
         return statuses[-1]
 
-    two = wait_for(lambda: (s := status()) if len(ready_nodes(s)) == 2 else None, 400, "two ready replicas")
-    a, b = ready_nodes(two)
-    assert a != b  # spread over both nodes
-    scale_run("drain", 3, address=c.address)  # one more than the cluster holds
-    pending = wait_for(lambda: (s := status()).pending, 60, "a pending replica")
-    assert "1 bundle of {CPU: 1}" in pending[0].waiting_for and "NO_RESOURCES" in pending[0].waiting_for
-    assert current_request() == [{"CPU": 1.0}] * 3  # the autoscaler is asked for room for all three
-    wait_for(lambda: (state / "go.held").exists(), 300, "a request held at the gate")
+    try:
+        wait_for(lambda: controller_up("drain", c.address), 120, "the run's controller")
+        two = wait_for(lambda: s if len(ready_nodes(s := status())) == 2 else None, 400, "two ready replicas")
+        a, b = ready_nodes(two)
+        assert a != b  # spread over both nodes
+        scale_run("drain", 3, address=c.address)  # one more than the cluster holds
+        pending = wait_for(lambda: [r for r in status().pending if r.waiting_for], 60, "a pending replica")
+        assert "1 bundle of {CPU: 1}" in pending[0].waiting_for and "NO_RESOURCES" in pending[0].waiting_for
+        assert current_request() == [{"CPU": 1.0}] * 3  # the autoscaler is asked for room for all three
+        wait_for(lambda: (state / "go.held").exists(), 300, "a request held at the gate")
 
-    victim = next(r for r in status().replicas if r.node_id == a)
-    drain_node(a, deadline_s=20)  # a spot preemption notice
-    wait_for(lambda: any(r.name == victim.name and r.state == "draining" for r in status().replicas), 30,
-             "the replica on the draining node to drain")
-    wait_for(lambda: status().replicas_preempted == 1, 60, "the drained node's replica to leave")
-    assert len(status().pending) == 2  # its replacement cannot go to the draining node, nor to the full one
-    third = c.add_node(num_cpus=1)  # a node added mid-run
-    wait_for(lambda: third.node_id in ready_nodes(status()), 400, "a replica on the new node")
-    before_release = status()
-    assert len(before_release.pending) == 1 and before_release.target_replicas == 3  # the run works on with two
-    (state / "go").touch()
-    thread.join(600)
+        victim = next(r for r in status().replicas if r.node_id == a)
+        drain_node(a, deadline_s=20)  # a spot preemption notice
+        wait_for(lambda: any(r.name == victim.name and r.state == "draining" for r in status().replicas), 30,
+                 "the replica on the draining node to drain")
+        wait_for(lambda: status().replicas_preempted == 1, 60, "the drained node's replica to leave")
+        assert len(status().pending) == 2  # its replacement cannot go to the draining node, nor to the full one
+        third = c.add_node(num_cpus=1)  # a node added mid-run
+        wait_for(lambda: third.node_id in ready_nodes(status()), 400, "a replica on the new node")
+        before_release = status()
+        assert len(before_release.pending) == 1 and before_release.target_replicas == 3  # it works on with two
+        (state / "go").touch()
+        thread.join(600)
+    finally:
+        if thread.is_alive() or "error" in outcome:
+            stop_run("drain", state)
+            thread.join(60)
+    assert "error" not in outcome, outcome.get("error")
     summary = outcome["summary"]
 
     on_new = [r for r in summary.replicas if r.node_id == third.node_id]
@@ -312,7 +366,13 @@ def test_a_frozen_replica_is_replaced_and_its_late_write_loses_the_commit_race(c
 
     thread = threading.Thread(target=drive, daemon=True)
     thread.start()
-    wait_for(lambda: (state / "go.held").exists() or "error" in outcome, 400, "shard 1 held on the replica")
+    try:
+        wait_for(lambda: (state / "go.held").exists() or "error" in outcome, 400, "shard 1 held on the replica")
+    except AssertionError:
+        (state / "go").touch()
+        thread.join(120)
+        raise
+    assert "error" not in outcome, outcome.get("error")
     rep = controller._replicas[0]
     info = ray.get(rep.handle.start.remote(), timeout=60)
     node = next(n for n in c.worker_nodes if n.node_id == info["node_id"])
