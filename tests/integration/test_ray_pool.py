@@ -95,3 +95,21 @@ def test_an_unplaceable_first_replica_stops_the_run_at_the_deadline_naming_its_b
     assert current_request() == []  # and withdrawn when the run ended
     status = controller.status()
     assert status.phase == "failed" and "could not be placed" in status.error
+
+
+def test_a_second_driver_attaches_to_the_live_controller_and_another_config_is_refused(one_cpu_ray, tmp_path):
+    import ray
+
+    from potstill.pipelines.jobs.run_generation import RunConflict, _controller
+
+    cfg = config(str(tmp_path / "out"))
+    first, attached, _ = _controller(cfg, "driver-1", detach=False)
+    try:
+        again, attached_again, _ = _controller(cfg, "driver-2", detach=False)
+        assert not attached and attached_again  # one controller per run: the second driver gets the first's
+        assert ray.get(again.identity.remote())["owner"] == "driver-1"
+        other = cfg.model_copy(update={"sampling": cfg.sampling.model_copy(update={"n": 3})})
+        with pytest.raises(RunConflict, match="run 'pool-test' is live on this cluster with a different config"):
+            _controller(other, "driver-3", detach=False)
+    finally:
+        ray.kill(first)
