@@ -36,7 +36,6 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
@@ -47,6 +46,9 @@ from potstill.pipelines.generate.pool import ReplicaLost, ReplicaPool, reason_of
 from potstill.pipelines.generate.pool_history import PoolHistory
 from potstill.pipelines.generate.replicas import Replica, min_sequences_for, missed_deadline, unit_limit
 from potstill.pipelines.generate.run_lease import RunLease
+from potstill.pipelines.generate.run_status import (
+    Progress, replica_info, status_of, summary_of, tokens_per_prompt, tokens_per_s_per_replica,
+)
 from potstill.pipelines.generate.supervision import Entry, FailurePolicy, Split, Verdict
 from potstill.pipelines.generate.unit_runner import UnitResult
 from potstill.pipelines.ingest.prompts import IngestReport, iter_prompts
@@ -58,7 +60,7 @@ from potstill.pipelines.output.scaling_record import ScalingRecorder
 from potstill.pipelines.output.shard_output import persist_unit
 from potstill.pipelines.output.storage import Storage
 from potstill.schemas.generation import GenerationConfig
-from potstill.schemas.manifest import ShardCommit, ShardStats
+from potstill.schemas.manifest import ShardCommit
 from potstill.schemas.results import GenerationStatus, GenerationSummary, ReplicaInfo, ScaleBounds, ScaleResult
 
 __all__ = ["GenerationController", "Progress", "peak_rss_mb"]
@@ -66,30 +68,6 @@ __all__ = ["GenerationController", "Progress", "peak_rss_mb"]
 log = logging.getLogger("potstill.controller")
 LOAD_WAIT_S = 30.0  # longest a replica holds a load long poll before answering anyway
 DEADLINE_CHECK_S = 1.0  # deadlines are checked at most this often (pool clock)
-
-
-@dataclass
-class Progress:
-    """The controller's counters (status() and the summary are built from them)."""
-
-    run_id: str = ""
-    phase: str = "planning"
-    error: str | None = None
-    prompts_total: int = 0
-    prompts_done: int = 0
-    shards_total: int = 0
-    shards_done: int = 0
-    shards_skipped: int = 0
-    replicas_replaced: int = 0
-    replaced_for: dict[str, int] = field(default_factory=dict)  # actor_died / node_lost / engine_failure / hung / start_failed
-    replicas_drained: int = 0
-    replicas_preempted: int = 0
-    units_retried: int = 0
-    units_requeued: int = 0
-    units_split: int = 0
-    engine_requests: int = 0
-    totals: ShardStats = field(default_factory=ShardStats)
-    started_at: float = field(default_factory=time.time)
 
 
 class _Waiting:
@@ -161,7 +139,7 @@ class GenerationController:
     def status(self) -> GenerationStatus:
         """The run's state now (safe to call from another thread while `run` works)."""
         with self._lock:
-            return self._status()
+            return status_of(self)
 
     def scale(self, replicas: int | None = None, min_replicas: int | None = None,
               max_replicas: int | None = None) -> ScaleResult:
@@ -229,29 +207,14 @@ class GenerationController:
         self._recorder.save(self.history.samples, final=True)
         if not finalize:
             p.phase = "done"
-            return self._summary(None, report)
+            return summary_of(self, None, report, peak_rss_mb())
         p.phase = "finalizing"
         teacher = self.cfg.teacher
         revision = teacher_revision(teacher.model, teacher.revision)
         manifest = finalize_run(self.storage, self.run_id, self.cfg.fingerprint(), teacher.model, revision,
                                 plan.shard_ids, scaling=self._recorder.attempts())
         p.phase = "done"
-        return self._summary(manifest, report)
-
-    def _summary(self, manifest, report: IngestReport) -> GenerationSummary:
-        p = self.progress
-        return GenerationSummary(
-            run_id=self.run_id, out=self.out_uri, shards=len(manifest.shards) if manifest else p.shards_done,
-            shards_skipped=p.shards_skipped, totals=manifest.totals if manifest else p.totals, this_run=p.totals,
-            failed_prompts=len(manifest.failed) if manifest else p.totals.failed_prompts, ingest=report.counts(),
-            engine_requests=p.engine_requests, replicas_replaced=p.replicas_replaced, replaced_for=dict(p.replaced_for),
-            replicas_drained=p.replicas_drained, replicas_preempted=p.replicas_preempted,
-            peak_replicas=self.history.peak_ready if self.history else 0, units_retried=p.units_retried,
-            units_requeued=p.units_requeued, units_split=p.units_split,
-            replica_history=list(self.history.samples) if self.history else [], replicas=list(self._retired),
-            elapsed_s=time.time() - p.started_at, generation_s=self._generation_s,
-            controller_peak_rss_mb=peak_rss_mb(),
-        )
+        return summary_of(self, manifest, report, peak_rss_mb())
 
     # -- planning ----------------------------------------------------------------------------
     def _plan(self) -> tuple[RunPlan, IngestReport]:
@@ -312,7 +275,7 @@ class GenerationController:
             for rep in list(self._replicas):
                 self._collect_requests(rep)
                 pool.kill(rep)
-                self._retired.append(_info_of(rep, pool.now(), retired="run finished"))
+                self._retired.append(replica_info(rep, pool.now(), retired="run finished"))
             self._replicas.clear()
             self._room.clear()
             self.history.note("run finished")
@@ -489,16 +452,12 @@ class GenerationController:
     def _autoscale(self, now: float) -> None:
         ready = [r for r in self._replicas if r.ready_at is not None and r.draining is None]
         idle = [r for r in ready if not r.inflight and r.idle_since is not None]
-        tokens = self._tokens_retired + sum(r.completion_tokens for r in self._replicas)
-        up_s = self._ready_s_retired + sum(now - r.ready_at for r in self._replicas if r.ready_at is not None)
-        t = self.progress.totals
         view = PoolView(
             now=now, target=self.target_replicas, ready=len(ready), idle=len(idle),
             idle_for_s=max((now - r.idle_since for r in idle), default=0.0),
             queued_prompts=max(self._prompts_left - self._inflight_prompts, 0), inflight_prompts=self._inflight_prompts,
             units_left=self._shards_left,
-            tokens_per_prompt=t.completion_tokens / t.prompts if t.prompts and t.completion_tokens else None,
-            tokens_per_s_per_replica=tokens / up_s if tokens and up_s > 0 else None,
+            tokens_per_prompt=tokens_per_prompt(self), tokens_per_s_per_replica=tokens_per_s_per_replica(self, now),
             time_left_s=None if self._finish_at is None else self._finish_at - now,
         )
         decision = self.autoscaler.decide(view, self.bounds)
@@ -704,7 +663,7 @@ class GenerationController:
         if rep.ready_at is not None:
             self._ready_s_retired += now - rep.ready_at
             self._tokens_retired += rep.completion_tokens
-        self._retired.append(_info_of(rep, now, retired=kind))
+        self._retired.append(replica_info(rep, now, retired=kind))
         p = self.progress
         if kind == "drained":
             p.replicas_drained += 1
@@ -760,48 +719,6 @@ class GenerationController:
             self._on_start_failure(rep, RuntimeError(reason))
         elif not rep.inflight:
             self._retire(rep, "hung")
-
-    # -- status ------------------------------------------------------------------------------------------
-    def _status(self) -> GenerationStatus:
-        p = self.progress
-        now = self.pool.now() if self.pool is not None else 0.0
-        t = p.totals
-        per_prompt = t.completion_tokens / t.prompts if t.prompts and t.completion_tokens else None
-        up_s = self._ready_s_retired + sum(now - r.ready_at for r in self._replicas if r.ready_at is not None)
-        tokens = self._tokens_retired + sum(r.completion_tokens for r in self._replicas)
-        per_replica = tokens / up_s if tokens and up_s > 0 else None
-        generation_s = (now - self._first_ready) if self._first_ready is not None and p.phase == "generating" \
-            else self._generation_s
-        rate = t.completion_tokens / generation_s if generation_s > 0 else 0.0
-        backlog_tokens = self._prompts_left * per_prompt if per_prompt is not None else None
-        eta = backlog_tokens / rate if backlog_tokens is not None and rate > 0 else None
-        backoff = None
-        if self._backoff_until is not None and now < self._backoff_until:
-            backoff = f"{self._backoff_reason}; next start in {self._backoff_until - now:.0f} s"
-        replicas = [_info_of(r, now) for r in self._replicas]
-        return GenerationStatus(
-            run_id=self.run_id, out=self.out_uri, phase=p.phase, error=p.error, prompts_total=p.prompts_total,
-            prompts_done=p.prompts_done, shards_total=p.shards_total, shards_done=p.shards_done,
-            shards_skipped=p.shards_skipped, backlog_prompts=max(self._prompts_left, 0), backlog_tokens=backlog_tokens,
-            tokens_per_prompt=per_prompt, tokens_per_s=rate, tokens_per_s_per_replica=per_replica, eta_s=eta,
-            bounds=self.bounds, target_replicas=self.target_replicas, scale_reason=self.scale_reason,
-            replicas=replicas, start_backoff=backoff,
-            replica_history=list(self.history.samples) if self.history else [],
-            replicas_replaced=p.replicas_replaced, replaced_for=dict(p.replaced_for),
-            replicas_drained=p.replicas_drained, replicas_preempted=p.replicas_preempted,
-            units_retried=p.units_retried, units_requeued=p.units_requeued, units_split=p.units_split,
-            engine_requests=p.engine_requests, totals=t, elapsed_s=time.time() - p.started_at,
-            generation_s=generation_s,
-        )
-
-
-def _info_of(r: Replica, now: float, retired: str | None = None) -> ReplicaInfo:
-    return ReplicaInfo(
-        name=r.name, state="retired" if retired else r.state, node_id=r.node_id,
-        waiting_for=r.waiting_for if r.placed_at is None and not retired else None, draining_because=r.draining,
-        retired_because=retired, units_in_flight=len(r.inflight), units_done=r.units_done,
-        completion_tokens=r.completion_tokens, tokens_per_s=r.tokens_per_s(now), age_s=now - r.created_at)
-
 
 def _drop(calls: dict[Any, Replica], rep: Replica) -> None:
     """Forget `rep`'s calls in `calls` (in place: the loop's wait set holds these dicts)."""
