@@ -468,7 +468,7 @@ class GenerationController:
         """Ask the autoscaler for room for every wanted replica while some cannot be placed; withdraw otherwise."""
         if not self.cfg.replicas.autoscale.request_resources:
             return
-        pending = sum(1 for r in self._replicas if r.placed_at is None and r.draining is None)
+        pending = sum(1 for r in self._replicas if r.placed_at is None and r.waiting_for and r.draining is None)
         wanted = self.target_replicas if pending else 0
         if wanted != self._requested:
             self.pool.request_capacity(wanted)

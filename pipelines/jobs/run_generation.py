@@ -32,8 +32,14 @@ class RunConflict(ValueError):
 
 
 def output_uri(cfg: GenerationConfig) -> str:
-    """`output.uri` with `{run_id}` filled in."""
-    return cfg.output.uri.replace("{run_id}", cfg.resolved_run_id())
+    """`output.uri` with `{run_id}` filled in; a local path made absolute here, where the user named it (the
+    controller actor runs in another working directory, and attaching drivers compare outputs)."""
+    from potstill.pipelines.output.storage import is_remote
+
+    uri = cfg.output.uri.replace("{run_id}", cfg.resolved_run_id())
+    if is_remote(uri):
+        return uri
+    return os.path.abspath(os.path.expanduser(uri[len("file://"):] if uri.startswith("file://") else uri))
 
 
 def _local(address: str | None) -> bool:
