@@ -73,6 +73,8 @@ class RayReplicaPool:
         # The token keeps a re-run's names clear of a previous controller's replicas still being torn down.
         self.name_prefix = f"potstill-{cfg.resolved_run_id()}-{uuid.uuid4().hex[:6]}-"
         self.address = ray.get_runtime_context().gcs_address
+        self._table: dict = {}  # every placement group's state, read at most once a second (one GCS call)
+        self._table_at = 0.0
 
     def create(self) -> Replica:
         import ray
@@ -140,7 +142,9 @@ class RayReplicaPool:
 
         if rep.placement is None:  # asks for nothing: placed wherever Ray starts it (its start() names the node)
             return Placement(node_id=rep.node_id or "unreserved")
-        table = placement_group_table(rep.placement)
+        if time.monotonic() - self._table_at > 1.0:  # a thousand pending replicas cost one call, not a thousand
+            self._table, self._table_at = placement_group_table(), time.monotonic()
+        table = self._table.get(rep.placement.id.hex()) or placement_group_table(rep.placement)
         if table.get("state") == "CREATED":
             nodes = table.get("bundles_to_node_id") or {}
             return Placement(node_id=nodes.get(0) or next(iter(nodes.values()), "unknown"))
