@@ -67,7 +67,7 @@ __all__ = ["GenerationController", "Progress", "peak_rss_mb"]
 
 log = logging.getLogger("potstill.controller")
 LOAD_WAIT_S = 30.0  # longest a replica holds a load long poll before answering anyway
-DEADLINE_CHECK_S = 1.0  # deadlines are checked at most this often (pool clock)
+DEADLINE_CHECKS = 30  # deadlines are checked this many times per (shortest) timeout, and at least once a second
 
 
 class _Waiting:
@@ -121,6 +121,8 @@ class GenerationController:
         self._stalled_since: float | None = None  # since when no replica is ready or starting
         self._next_poll = 0.0
         self._next_deadline_check = 0.0
+        self._deadline_check_s = max(1.0, min(rcfg.unit_timeout_s, rcfg.start_timeout_s) / DEADLINE_CHECKS)
+        self._draining: set[Replica] = set()  # replicas marked draining (the pool's size counts the others)
         self._requested = 0  # replicas' worth of bundles asked of the autoscaler
         self._prompts_left = 0  # planned prompts not yet committed
         self._shards_left = 0
@@ -268,7 +270,7 @@ class GenerationController:
                     self._on_ready(call)
                 now = pool.now()
                 if now >= self._next_deadline_check:
-                    self._next_deadline_check = now + DEADLINE_CHECK_S
+                    self._next_deadline_check = now + self._deadline_check_s
                     self._check_deadlines(now)
             if self._first_ready is not None:
                 self._generation_s = pool.now() - self._first_ready
@@ -329,6 +331,8 @@ class GenerationController:
 
     def _fill_pool(self, now: float) -> None:
         """Start replicas up to the target while work remains (a dead one is replaced here); drain any surplus."""
+        if not self._draining and len(self._replicas) == self.target_replicas:
+            return  # the common case, every loop: nothing to do (and nothing to scan over a thousand replicas)
         active = [r for r in self._replicas if r.draining is None]
         if len(active) > self.target_replicas:
             self._scale_down(active, len(active) - self.target_replicas)
@@ -339,6 +343,7 @@ class GenerationController:
         for rep in self._replicas:  # a replica draining for a scale-down comes back before a new one starts
             if missing and rep.draining in ("scale-down", "idle") and rep.ready_at is not None:
                 rep.draining = None
+                self._draining.discard(rep)
                 rep.idle_since = now if not rep.inflight else None
                 self._room[rep] = None
                 self.history.note("drain cancelled")
@@ -355,6 +360,7 @@ class GenerationController:
                 self._retire(rep, "drained")
                 continue
             rep.draining = why
+            self._draining.add(rep)
             self._room.pop(rep, None)
             self.history.note(f"{rep.name} drains ({why})")
             if not rep.inflight:
@@ -436,6 +442,7 @@ class GenerationController:
             rep.drain_deadline = float("inf") if deadline is None else deadline - margin
             left = "no deadline" if deadline is None else f"deadline in {max(deadline - now, 0):.0f} s"
             rep.draining = f"node {rep.node_id[:12]} drains ({left})"
+            self._draining.add(rep)
             self._room.pop(rep, None)
             log.warning("%s: its node %s is draining (%s): no new units; %d in flight finish or move", rep.name,
                         rep.node_id, left, len(rep.inflight))
@@ -657,6 +664,7 @@ class GenerationController:
         self._collect_requests(rep)
         self.pool.kill(rep)
         self._replicas.remove(rep)
+        self._draining.discard(rep)
         self._room.pop(rep, None)
         _drop(self._starting, rep)
         _drop(self._loads, rep)
