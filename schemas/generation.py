@@ -11,7 +11,7 @@ import hashlib
 import json
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import AwareDatetime, Field, model_validator
 
 from potstill.schemas.base import StrictModel
 
@@ -66,7 +66,8 @@ class TeacherConfig(StrictModel):
     chat_template: str | None = Field(default=None, description="Jinja chat template overriding the tokenizer's (inline text).")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(default="auto", description="Weights and activations dtype.")
     max_model_len: int | None = Field(default=None, gt=0, description="Context length cap (prompt + completion).")
-    tensor_parallel_size: int = Field(default=1, ge=1, description="GPUs per replica for tensor parallelism (one placement group bundle each).")
+    tensor_parallel_size: int = Field(default=1, ge=1, description="GPUs per pipeline stage of a replica for tensor parallelism (one placement group bundle each, packed on one node).")
+    pipeline_parallel_size: int = Field(default=1, ge=1, description="Pipeline stages per replica (vLLM pipeline_parallel_size); a replica then takes tensor_parallel_size x pipeline_parallel_size GPU bundles, which may span nodes.")
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1, description="Fraction of GPU memory vLLM may use.")
     max_num_seqs: int | None = Field(default=None, gt=0, description="Engine batch size cap (vLLM max_num_seqs).")
     kv_cache_gib: float | None = Field(default=None, gt=0, description="KV cache size in GiB (vLLM kv_cache_memory_bytes). None: vLLM sizes it from gpu_memory_utilization, which on CPU claims that fraction of the machine's memory and refuses to start when less is free (checked before the engine starts, with the numbers); set it for CPU runs and small models.")
@@ -75,11 +76,31 @@ class TeacherConfig(StrictModel):
     engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra vLLM engine arguments passed through verbatim.")
 
 
+class AutoscaleConfig(StrictModel):
+    """How the controller sizes the replica pool between `replicas.min_replicas` and `max_replicas`.
+
+    The target is the backlog (prompts not yet done x completion tokens per
+    prompt, learned from this run's committed shards) divided by the measured
+    tokens/s of one replica and by `backlog_s_per_replica` (or by the time left
+    until `finish_by`). Replicas with nothing left to do are drained after
+    `idle_s`. `potstill scale RUN --replicas N` fixes the count instead;
+    `--min/--max` return to autoscaling within new bounds.
+    """
+
+    backlog_s_per_replica: float = Field(default=600, gt=0, description="Seconds of queued work one replica may hold before another is started (at the measured tokens/s). Lower scales out sooner; each new replica pays an engine start.")
+    finish_by: AwareDatetime | None = Field(default=None, description="Optional deadline (ISO 8601 with a time zone, e.g. 2026-12-01T18:00:00Z): enough replicas (up to max_replicas) to finish the backlog by then at the measured speed.")
+    scale_up_cooldown_s: float = Field(default=30, ge=0, description="Least time between two scale-ups (a new replica needs time to start before its effect shows).")
+    scale_down_cooldown_s: float = Field(default=60, ge=0, description="Least time between two scale-downs, and after a scale-up before a scale-down.")
+    idle_s: float = Field(default=30, ge=0, description="A replica with nothing in flight while no prompt waits is drained after this long (down to min_replicas).")
+    request_resources: bool = Field(default=True, description="Ask the Ray autoscaler (KubeRay) for the bundles of replicas that cannot be placed yet (ray.autoscaler.sdk.request_resources); released when none is pending and when the run ends. Harmless on a cluster without an autoscaler.")
+
+
 class ReplicasConfig(StrictModel):
     """The teacher replica pool the controller owns."""
 
     min_replicas: int = Field(default=1, ge=1, description="Replicas started at the beginning and kept at least.")
-    max_replicas: int = Field(default=1, ge=1, description="Upper bound for scale-up on backlog.")
+    max_replicas: int = Field(default=1, ge=1, description="Upper bound for scale-up on backlog (replicas beyond what the cluster can place wait as pending, not failures).")
+    autoscale: AutoscaleConfig = Field(default_factory=AutoscaleConfig, description="Backlog autoscaling between min_replicas and max_replicas.")
     cpus_per_replica: float = Field(default=1, ge=0, description="CPUs reserved by each replica actor.")
     gpus_per_replica: float | None = Field(default=None, ge=0, description="GPUs per replica; default: tensor_parallel_size when the cluster has GPUs, else 0.")
     accelerator_type: str | None = Field(default=None, description="Ray accelerator type to pin replicas to (e.g. H100).")
@@ -95,6 +116,9 @@ class ReplicasConfig(StrictModel):
     unit_timeout_s: float = Field(default=1800, gt=0, description="A unit unfinished this long after its replica's engine started working on it marks the replica hung: it is killed and replaced, its units requeued. Set it above your slowest unit's time.")
     start_timeout_s: float = Field(default=1800, gt=0, description="A replica whose engine has not started after this long is killed and replaced (engine start is not counted in unit_timeout_s).")
     max_attempts: int = Field(default=3, ge=1, description="Failures blamed on a prompt (its unit failed while running alone, or raised) before it is recorded as failed; a unit of several prompts is split instead (see split_into).")
+    drain_margin_s: float = Field(default=10, ge=0, description="When a node drains (spot preemption), units still running on its replicas this long before the node's deadline are requeued elsewhere, unblamed.")
+    node_poll_s: float = Field(default=2, gt=0, description="How often the controller asks the cluster which nodes drain and where pending replicas stand.")
+    start_backoff_s: float = Field(default=60, gt=0, description="After max_attempts replica starts fail in a row while other replicas work, the next start waits this long (doubling, up to 10x): a bad node slows the pool's growth instead of stopping a healthy run.")
     split_into: int = Field(default=2, ge=2, description="A unit that failed alone re-runs as this many sub-units (recursively: bisection) so one poison prompt cannot fail its neighbours; larger isolates it in fewer replica restarts, smaller in fewer alone-runs.")
 
     @model_validator(mode="after")
@@ -167,9 +191,17 @@ class OutputConfig(StrictModel):
 class FaultRule(StrictModel):
     """One injected failure: what happens to a request (or shard) whose prompt contains `marker`."""
 
-    action: Literal["engine_dead", "engine_failure", "hang", "exit", "exit_before_commit"] = Field(description="`engine_dead`: kill the engine's own processes so the engine reports itself dead (vLLM: EngineDeadError); `engine_failure`: raise EngineFailure; `hang`: the request never returns; `exit`: the replica process exits at once (os._exit); `exit_before_commit`: the replica writes the shard's data object, then exits before committing it.")
+    action: Literal["engine_dead", "engine_failure", "hang", "hold", "exit", "exit_before_commit"] = Field(description="`engine_dead`: kill the engine's own processes so the engine reports itself dead (vLLM: EngineDeadError); `engine_failure`: raise EngineFailure; `hang`: the request never returns; `hold`: the request waits until `release_file` exists, then runs normally (a gate a test opens once it has seen what it waits for); `exit`: the replica process exits at once (os._exit); `exit_before_commit`: the replica writes the shard's data object, then exits before committing it.")
     marker: str = Field(min_length=1, description="Fires for prompts whose text (any message) contains this string.")
     times: int | None = Field(default=None, ge=1, description="Fire only on the first `times` matching requests of the run, counted across replicas in `faults.state_dir`; None fires every time.")
+    release_file: str | None = Field(default=None, description="For `hold`: the file (relative to faults.state_dir) whose creation releases held requests.")
+
+    @model_validator(mode="after")
+    def _hold_needs_release(self) -> "FaultRule":
+        if (self.action == "hold") != (self.release_file is not None):
+            raise ValueError("action `hold` needs `release_file` (and only `hold` takes one): the file whose creation "
+                             "releases the held requests")
+        return self
 
 
 class FaultsConfig(StrictModel):
@@ -184,10 +216,10 @@ class FaultsConfig(StrictModel):
 
     @model_validator(mode="after")
     def _times_need_state(self) -> "FaultsConfig":
-        counted = [i for i, r in enumerate(self.rules) if r.times is not None]
+        counted = [i for i, r in enumerate(self.rules) if r.times is not None or r.action == "hold"]
         if counted and not self.state_dir:
-            raise ValueError(f"rules {counted} set `times` but `state_dir` is empty; set faults.state_dir to a local "
-                             "folder the replicas share, or drop `times` to fire every time")
+            raise ValueError(f"rules {counted} set `times` or `hold` but `state_dir` is empty; set faults.state_dir to a "
+                             "local folder the replicas share, or drop `times` to fire every time")
         return self
 
 
@@ -207,7 +239,8 @@ class GenerationConfig(StrictModel):
         """Hash of everything that determines the traces (not where they go, not the pool size)."""
         parts = {
             "prompts": self.prompts.model_dump(),
-            "teacher": self.teacher.model_dump(exclude={"gpu_memory_utilization", "max_num_seqs", "kv_cache_gib", "schedule"}),
+            "teacher": self.teacher.model_dump(exclude={"gpu_memory_utilization", "max_num_seqs", "kv_cache_gib", "schedule",
+                                                        "pipeline_parallel_size"}),
             "sampling": self.sampling.model_dump(),
             "verify": self.verify.model_dump(),
             "prompts_per_shard": self.output.prompts_per_shard,

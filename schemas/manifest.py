@@ -58,6 +58,25 @@ class ShardCommit(StrictModel):
     teacher_revision: str | None = Field(default=None, description="Teacher revision that generated the rows (run.json `teacher.revision`).")
 
 
+class ReplicaCountSample(StrictModel):
+    """The teacher replica pool at one moment (one entry per change)."""
+
+    t_s: float = Field(description="Seconds since the controller started.")
+    target: int = Field(description="Replicas the controller wants.")
+    ready: int = Field(description="Replicas working.")
+    starting: int = Field(description="Replicas placed whose engine is loading.")
+    pending: int = Field(description="Replicas waiting for resources.")
+    draining: int = Field(description="Replicas finishing their units before removal.")
+    reason: str = Field(default="", description="What changed (scale command, autoscale decision, node drain, failure).")
+
+
+class ScalingAttempt(StrictModel):
+    """The replica count over time of one controller that worked on the run (a resumed run has several)."""
+
+    started_at: datetime = Field(description="UTC time the controller started.")
+    samples: list[ReplicaCountSample] = Field(default_factory=list, description="The pool after each change.")
+
+
 class ManifestShard(StrictModel):
     """One shard as listed in the run manifest."""
 
@@ -82,6 +101,7 @@ class RunManifest(StrictModel):
     totals: ShardStats = Field(description="Counts summed over all shards.")
     failed: list[FailedPrompt] = Field(default_factory=list, description="All prompts recorded as failed.")
     finished_at: datetime = Field(description="The latest commit time (deterministic: re-finalizing writes the same bytes).")
+    scaling: list[ScalingAttempt] = Field(default_factory=list, description="Teacher replicas over time, per controller attempt (what the first finalize saw; finalizing again keeps it).")
 
 
 class PlanRecord(StrictModel):

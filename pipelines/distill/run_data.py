@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import time
 
-from potstill.pipelines.output.commit import COMMITS_DIR, SUCCESS, RunNotFinishedError, read_commits, read_manifest
+from potstill.pipelines.output.commit import COMMITS_DIR, SUCCESS, RunNotFinishedError, committed_shard_ids, read_commits, read_manifest
 from potstill.pipelines.output.run_record import RUN_RECORD, NotARunError, read_run_record
 from potstill.pipelines.output.storage import Storage
 from potstill.schemas.generation import StorageConfig
@@ -95,7 +95,9 @@ class CommitWatcher:
     A run counts as finished once its `_SUCCESS` exists; `_SUCCESS` is checked
     before the commits are listed, so when `poll` says finished, the files it
     has returned so far are the complete run (finalize writes `_SUCCESS` only
-    after every shard is committed).
+    after every shard is committed). Each poll lists the commit keys once and
+    reads only the commits it has not read before, so a poll costs one
+    listing plus the new commits, however many shards the run already has.
     """
 
     def __init__(self, runs: list[str], storage: StorageConfig, seen: list[str] | tuple[str, ...] = ()):
@@ -107,6 +109,7 @@ class CommitWatcher:
         self._plans: dict[int, str | None] = {}
         self._started = time.monotonic()
         self._checked = float("-inf")
+        self._read: list[set[str]] = [set() for _ in self.runs]  # commit keys already read, per run
 
     def _of_the_plan(self, i: int, store: Storage, commit: ShardCommit) -> bool:
         """Whether `commit` belongs to the plan the run's run.json records (read once per run)."""
@@ -147,9 +150,11 @@ class CommitWatcher:
         """(newly committed data files in shard order, whether every run has finished)."""
         new: list[str] = []
         finished = True
-        for i, store in enumerate(self._stores):
+        for i, (store, read) in enumerate(zip(self._stores, self._read)):
             finished &= store.exists(SUCCESS)
-            for commit in read_commits(store).values():
+            fresh = committed_shard_ids(store) - read
+            for shard_id, commit in read_commits(store, fresh).items():
+                read.add(shard_id)
                 uri = store.uri_of(commit.data_path)
                 if uri in self.seen:  # returned before (or, on a resume, trained on before)
                     self._digests.add(commit.sha256)

@@ -4,6 +4,7 @@
       state_dir: /tmp/faults
       rules:
         - {action: engine_dead, marker: "What is 123 + 456?", times: 1}
+        - {action: hold, marker: "What is 500 + 250?", release_file: go}   # waits until state_dir/go exists
 
 `build_engine` wraps the real engine in `FaultyEngine` when rules are set, and
 the replica calls `crash_before_commit` between writing a shard and committing
@@ -32,7 +33,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("potstill.faults")
 
-ENGINE_ACTIONS = frozenset({"engine_dead", "engine_failure", "hang", "exit"})
+ENGINE_ACTIONS = frozenset({"engine_dead", "engine_failure", "hang", "exit", "hold"})
+_HOLD_POLL_S = 0.2
 _NOTICE_S = 1.0  # after killing an engine's processes, time for its liveness monitor to mark it dead
 
 
@@ -125,6 +127,12 @@ class FaultyEngine:
                 os._exit(17)
             if rule.action == "hang":
                 await asyncio.Event().wait()
+            if rule.action == "hold":  # a gate a test opens: the request waits for the file, then runs normally
+                release = os.path.join(self.plan.cfg.state_dir or "", rule.release_file or "")
+                with open(f"{release}.held", "a"):  # an observable state: something waits at this gate
+                    pass
+                while not os.path.exists(release):
+                    await asyncio.sleep(_HOLD_POLL_S)
             if rule.action == "engine_failure":
                 raise EngineFailure(f"injected engine failure on request {request_id}")
             if rule.action == "engine_dead":

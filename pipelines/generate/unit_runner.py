@@ -4,9 +4,12 @@ Every prompt of the unit is in flight at once (the engine batches them
 continuously with the other units queued on the replica). With rejection
 sampling a prompt is re-asked until `accept_per_prompt` samples pass or
 `max_samples_per_prompt` have been drawn; every round is recorded in the
-row's `attempt`. A prompt the engine rejects (e.g. too long for the context)
-is recorded as failed; an `EngineFailure` propagates so the replica is
-replaced and the unit requeued. When a unit fails, its other prompts'
+row's `attempt`. A request that raises without breaking the engine (a
+transient error: one out-of-memory, an RPC blip; or a refusal such as a
+prompt too long for the context) is retried up to `request_attempts` times
+with a short backoff, then the prompt is recorded as failed with a redacted,
+bounded reason; an `EngineFailure` propagates so the replica is replaced and
+the unit requeued. When a unit fails, its other prompts'
 requests are cancelled (never left running in the engine), and request ids
 carry a per-run nonce so a retried unit never reuses a live request's id.
 """
@@ -23,6 +26,7 @@ from typing import Any, Protocol
 from potstill.pipelines.engines.protocol import EngineFailure, Sample, TeacherEngine
 from potstill.pipelines.generate.plan import WorkUnit
 from potstill.pipelines.generate.reasoning import split_reasoning
+from potstill.pipelines.generate.reasons import failure_reason
 from potstill.schemas.base import SCHEMA_VERSION
 from potstill.schemas.manifest import FailedPrompt, ShardStats
 from potstill.schemas.generation import SamplingConfig, VerifyConfig
@@ -77,11 +81,22 @@ async def _gather_or_cancel(coros: list) -> list:
         raise
 
 
+class _Refused(Exception):
+    """A request raised on every try (`reason` is ready for the failure record)."""
+
+    def __init__(self, reason: str, tries: int):
+        super().__init__(reason)
+        self.reason, self.tries = reason, tries
+
+
 class UnitRunner:
     """Runs work units on one engine; one instance lives in each replica."""
 
-    def __init__(self, engine: TeacherEngine, judge: Judge, sampling: SamplingConfig, verify: VerifyConfig):
+    def __init__(self, engine: TeacherEngine, judge: Judge, sampling: SamplingConfig, verify: VerifyConfig, *,
+                 request_attempts: int = 3, retry_delay_s: float = 0.5):
         self.engine = engine
+        self.request_attempts = request_attempts
+        self.retry_delay_s = retry_delay_s
         self.judge = judge
         self.sampling = sampling
         self.verify = verify
@@ -143,7 +158,8 @@ class UnitRunner:
         held = reserved  # this prompt's share of the unit's reserved count, until its first request takes it over
         try:
             if isinstance(ids, Exception):  # a template that cannot render this conversation
-                return [], FailedPrompt(prompt_id=prompt.prompt_id, reason=f"chat template: {ids}", attempts=1), 0, 0, 0
+                return [], FailedPrompt(prompt_id=prompt.prompt_id, reason=failure_reason(f"chat template: {ids}"),
+                                        attempts=1), 0, 0, 0
             target = self.verify.accept_per_prompt
             budget = self.verify.max_samples_per_prompt if target else self.sampling.n
             judged: list[_Judged] = []
@@ -153,17 +169,14 @@ class UnitRunner:
                 if len(judged) >= budget or (target is None and judged) or (target and accepted >= target):
                     break
                 want = self.sampling.n if target is None else min(max(target - accepted, self.sampling.n), budget - len(judged))
-                self.requests += 1
                 self._add_pending(want - held)
                 held = 0
                 try:
-                    gen = await self.engine.generate(ids, want, f"{unit.shard_id}/{prompt.prompt_id[:16]}/{attempt}/{nonce}",
-                                                     max_tokens=prompt.max_tokens)
-                except EngineFailure:
-                    raise
-                except Exception as exc:  # the engine refused this prompt (too long, bad params): not the replica's fault
-                    return [], FailedPrompt(prompt_id=prompt.prompt_id, reason=f"{type(exc).__name__}: {exc}",
-                                            attempts=attempt + 1), len(judged), prompt_tokens, 0
+                    gen = await self._generate(ids, want, f"{unit.shard_id}/{prompt.prompt_id[:16]}/{attempt}/{nonce}",
+                                               prompt.max_tokens)
+                except _Refused as refused:  # every try raised: not the replica's fault, but this prompt gives up
+                    return [], FailedPrompt(prompt_id=prompt.prompt_id, reason=refused.reason,
+                                            attempts=refused.tries), len(judged), prompt_tokens, 0
                 finally:
                     self._add_pending(-want)
                 prompt_tokens += gen.prompt_tokens
@@ -179,6 +192,21 @@ class UnitRunner:
         rows = [self._row(unit, prompt, j, i, len(ids)) for i, j in enumerate(kept)]
         completion_tokens = sum(len(j.sample.token_ids) for j in judged)
         return rows, None, len(judged), prompt_tokens, completion_tokens
+
+    async def _generate(self, ids: list[int], want: int, request_id: str, max_tokens: int | None):
+        """One engine request, retried (fresh request ids, short backoff) while it raises anything but EngineFailure."""
+        for tries in range(1, self.request_attempts + 1):
+            self.requests += 1
+            try:
+                return await self.engine.generate(ids, want, f"{request_id}/{tries}" if tries > 1 else request_id,
+                                                  max_tokens=max_tokens)
+            except EngineFailure:
+                raise
+            except Exception as exc:  # noqa: BLE001 - transient or a refusal: retried, then recorded
+                if tries == self.request_attempts:
+                    raise _Refused(failure_reason(f"{type(exc).__name__}: {exc}"), tries) from exc
+                await asyncio.sleep(self.retry_delay_s * 2 ** (tries - 1))
+        raise AssertionError("unreachable")
 
     def _keep(self, judged: list[_Judged], target: int | None) -> list[_Judged]:
         if target is not None:

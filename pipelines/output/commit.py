@@ -25,7 +25,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -34,7 +36,7 @@ from pydantic import ValidationError
 from potstill.pipelines.output.run_record import require_run
 from potstill.pipelines.output.shard_writer import WrittenShard, data_path_for
 from potstill.pipelines.output.storage import IncompleteWrite, Storage
-from potstill.schemas.manifest import FailedPrompt, ManifestShard, RunManifest, ShardCommit, ShardStats
+from potstill.schemas.manifest import FailedPrompt, ManifestShard, RunManifest, ScalingAttempt, ShardCommit, ShardStats
 from potstill.schemas.generation import StorageConfig
 from potstill.schemas.trace import trace_schema_hash
 
@@ -139,14 +141,25 @@ def read_commit(storage: Storage, shard_id: str) -> ShardCommit | None:
 
 
 def committed_shard_ids(storage: Storage) -> set[str]:
-    """Ids of committed shards (one listing; a commit object is visible only once complete)."""
+    """Ids of committed shards (one listing; a commit object is visible only once complete).
+
+    Locally the flat commits/ folder is read by name only: a size and time per
+    entry (what `Storage.list` gathers) would cost more than the listing itself
+    at 100,000 commits, on every poll of a follow-mode job.
+    """
+    if not storage.remote:
+        try:
+            names = os.listdir(storage.path(COMMITS_DIR))
+        except FileNotFoundError:
+            return set()
+        return {name[:-len(".json")] for name in names if name.endswith(".json")}
     return {rel[len(COMMITS_DIR) + 1:-len(".json")] for rel in storage.list(COMMITS_DIR)
             if rel.endswith(".json") and rel.count("/") == 1}
 
 
-def read_commits(storage: Storage) -> dict[str, ShardCommit]:
-    """Every commit of the run, keyed and sorted by shard id (zero-padded ids sort in plan order)."""
-    ids = sorted(committed_shard_ids(storage))
+def read_commits(storage: Storage, shard_ids: Iterable[str] | None = None) -> dict[str, ShardCommit]:
+    """Commits of the run (or only of `shard_ids`, all committed), keyed and sorted by shard id (plan order)."""
+    ids = sorted(committed_shard_ids(storage) if shard_ids is None else shard_ids)
     raw = storage.read_many([commit_path(s) for s in ids])
     commits = {}
     for shard_id in ids:
@@ -178,14 +191,39 @@ def _create_or_match(storage: Storage, rel: str, data: bytes, run_id: str) -> No
         raise _conflict(storage, rel, run_id)
 
 
+def _data_sizes(storage: Storage, commits: list[ShardCommit]) -> dict[str, int]:
+    """Sizes of the committed data objects that exist: on S3 one listing of data/ (cheaper than a HEAD each);
+    locally one stat per committed object (cheaper than walking a folder per shard)."""
+    if storage.remote:
+        return {info.rel: info.size for info in storage.list_info(DATA_DIR)}
+    sizes = {}
+    for c in commits:
+        try:
+            sizes[c.data_path] = os.stat(storage.path(c.data_path)).st_size
+        except FileNotFoundError:
+            continue
+    return sizes
+
+
 def _check_data_objects(storage: Storage, commits: list[ShardCommit]) -> None:
-    sizes = {info.rel: info.size for info in storage.list_info(DATA_DIR)}
+    sizes = _data_sizes(storage, commits)
     for c in commits:
         if sizes.get(c.data_path) != c.size_bytes:
             state = "is missing" if c.data_path not in sizes else f"has {sizes[c.data_path]} bytes, not {c.size_bytes}"
             raise CommitError(f"shard {c.shard_id}: committed data object {storage.uri_of(c.data_path)} {state}; "
                               f"it was changed outside potstill. Delete {commit_path(c.shard_id)} and re-run the "
                               f"generation with the same run_id to regenerate that shard")
+
+
+def _same_but_scaling(existing: bytes, manifest: RunManifest) -> RunManifest | None:
+    """The stored manifest if it equals `manifest` in everything but `scaling`, else None."""
+    try:
+        stored = RunManifest.model_validate_json(existing)
+    except ValidationError:
+        return None
+    if stored.model_dump(exclude={"scaling"}) != manifest.model_dump(exclude={"scaling"}):
+        return None
+    return stored
 
 
 def _check_provenance(run_id: str, ordered: list[ShardCommit], plan_hash: str, revision: str | None) -> None:
@@ -201,13 +239,15 @@ def _check_provenance(run_id: str, ordered: list[ShardCommit], plan_hash: str, r
 
 def finalize_run(storage: Storage, run_id: str, config_fingerprint: str, teacher_model: str,
                  teacher_revision: str | None, planned_shard_ids: list[str], *,
-                 plan_hash: str | None = None) -> RunManifest:
+                 plan_hash: str | None = None, scaling: list[ScalingAttempt] | None = None) -> RunManifest:
     """Write manifest.json then _SUCCESS for a run whose planned shards are all committed.
 
     Idempotent: the bytes depend only on the commits and the arguments, so a
     second call is a no-op; different existing content raises CommitError.
     With `plan_hash`, every commit must come from that plan and from
     `teacher_revision` (commits of older potstill versions carry neither).
+    `scaling` (the replica pool over time) is informational: a manifest that
+    differs from this one only there is kept as it is.
     """
     if not planned_shard_ids:
         raise ValueError(f"run {run_id!r}: planned_shard_ids is empty; a run needs at least one shard to finalize")
@@ -234,20 +274,27 @@ def finalize_run(storage: Storage, run_id: str, config_fingerprint: str, teacher
         raise CommitError(f"cannot finalize run {run_id!r}: shards use trace schema hashes {sorted(hashes)}, this potstill "
                           f"writes {trace_schema_hash()}; finish the run with the potstill version that started it")
     _check_data_objects(storage, ordered)
-    totals = ShardStats()
+    sums = dict.fromkeys(ShardStats.model_fields, 0)  # plain ints: one model at the end, not one per shard
     for c in ordered:
-        totals = totals + c.stats
+        for key, value in c.stats:
+            sums[key] += value
+    totals = ShardStats(**sums)
     manifest = RunManifest(
         run_id=run_id, config_fingerprint=config_fingerprint, schema_hash=trace_schema_hash(),
         teacher_model=teacher_model, teacher_revision=teacher_revision, plan_hash=plan_hash,
         shards=[ManifestShard(shard_id=c.shard_id, data_path=c.data_path, row_count=c.row_count,
                               size_bytes=c.size_bytes, sha256=c.sha256) for c in ordered],
         totals=totals, failed=[f for c in ordered for f in c.failed],
-        finished_at=max(c.committed_at for c in ordered),
+        finished_at=max(c.committed_at for c in ordered), scaling=list(scaling or []),
     )
     manifest_bytes = _dump(manifest)
-    if storage.exists(MANIFEST) and storage.read_bytes(MANIFEST) != manifest_bytes:
-        raise _conflict(storage, MANIFEST, run_id)  # before failures.jsonl is touched
+    if storage.exists(MANIFEST):
+        existing = storage.read_bytes(MANIFEST)
+        if existing != manifest_bytes:
+            kept = _same_but_scaling(existing, manifest)
+            if kept is None:
+                raise _conflict(storage, MANIFEST, run_id)  # before failures.jsonl is touched
+            manifest, manifest_bytes = kept, existing
     if any(c.failed for c in ordered):
         lines = [json.dumps({"shard_id": c.shard_id, **f.model_dump()}, sort_keys=True) for c in ordered for f in c.failed]
         storage.put(FAILURES, ("\n".join(lines) + "\n").encode())
