@@ -4,7 +4,8 @@
 
 A replica with tensor_parallel_size = N on GPUs reserves one placement group
 of N bundles of {GPU: 1, CPU: c} packed on one node (STRICT_PACK), and vLLM
-places its N workers in it. On a CPU-only cluster replicas take no GPU.
+places its N workers in it. On a CPU-only cluster replicas take no GPU, and
+an API teacher's replicas (engine openai, HTTP clients) never do.
 Nothing here talks to Ray, so CPU tests assert the wiring for GPU clusters.
 """
 
@@ -32,7 +33,9 @@ class ReplicaResources:
 def replica_plan(teacher: TeacherConfig, replicas: ReplicasConfig, cluster_gpus: float) -> ReplicaResources:
     """Actor options (and placement group bundles for tensor parallelism) of one replica."""
     gpus = replicas.gpus_per_replica
-    if gpus is None:
+    if teacher.engine == "openai":
+        gpus = 0.0
+    elif gpus is None:
         gpus = float(teacher.tensor_parallel_size) if cluster_gpus > 0 else 0.0
     if gpus and cluster_gpus and gpus > cluster_gpus:
         raise ValueError(
