@@ -32,3 +32,9 @@ def test_tensor_parallel_replica_uses_a_strict_pack_placement_group():
 def test_replica_larger_than_cluster_is_refused_with_the_fix():
     with pytest.raises(ValueError, match="tensor_parallel_size"):
         replica_plan(TeacherConfig(tensor_parallel_size=16), ReplicasConfig(), cluster_gpus=8)
+
+
+def test_an_api_teachers_replica_takes_no_gpu_even_on_a_gpu_cluster():
+    teacher = TeacherConfig.model_validate({"engine": "openai", "model": "m", "api": {"base_url": "http://h/v1"}})
+    plan = replica_plan(teacher, ReplicasConfig(), cluster_gpus=8)
+    assert plan.actor_options["num_gpus"] == 0 and not plan.uses_placement_group
