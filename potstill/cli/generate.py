@@ -1,4 +1,8 @@
-"""`potstill generate CONFIG.yaml`: run a generation job with a live progress bar."""
+"""`potstill generate CONFIG.yaml [--dry-run]`: run a generation job with a live progress bar, or estimate it.
+
+The summary ends with the run's cost (from `<out>/report.json`); `--dry-run`
+prints what the run would produce, take and cost, and writes nothing.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,35 @@ from typing import Any, Optional
 import typer
 
 from potstill.cli.common import console, fail, print_json, reserve_stdout_for_json
+
+
+def _usd(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    return f"${value:,.4f}" if abs(value) < 100 else f"${value:,.2f}"
+
+
+def cost_lines(cost: dict[str, Any] | None) -> list[str]:
+    """The run report's headline: throughput, GPU-hours, dollars per accepted trace and token, the budget."""
+    if not cost:
+        return []
+    this, run = cost["this_invocation"], cost["run"]
+    kinds = run["usd_by_kind"]
+    lines = [
+        f"cost: {_usd(run['usd_total'])} ({_usd(this['usd_total'])} this run) · {_usd(run['usd_per_accepted_trace'])} "
+        f"per accepted trace · {_usd(run['usd_per_million_accepted_tokens'])} per million accepted tokens · "
+        f"{run['gpu_hours']:.3f} GPU-hours",
+        f"  charged to accepted {_usd(kinds['accepted'])} · rejected {_usd(kinds['rejected'])} · truncated "
+        f"{_usd(kinds['truncated'])} · failed {_usd(kinds['failed'])}; rejection sampling "
+        f"{_usd(run['resampling_usd'])} for {run['resampled_accepted']} more traces "
+        f"({_usd(run['marginal_usd_per_resampled_trace'])} each vs {_usd(run['first_round_usd_per_trace'])} first-round)",
+        f"  throughput {this['tokens_per_s']:,.0f} tokens/s overall; per replica: " + (", ".join(
+            f"{r['name']} {r['tokens_per_s']:,.0f}" for r in cost["replicas"]) or "none"),
+    ]
+    if cost["status"] == "budget_exhausted":
+        lines.append(f"stopped at the budget: {_usd(cost['spent_usd'])} spent of budget.max_usd {_usd(cost['budget_usd'])}; "
+                     "what finished is committed; re-run with a larger budget.max_usd to resume")
+    return lines
 
 
 def _summary_lines(s: dict[str, Any]) -> list[str]:
@@ -26,7 +59,8 @@ def _summary_lines(s: dict[str, Any]) -> list[str]:
         f"engine requests {s['engine_requests']}",
         f"input rows {ingest['rows_read']} · valid {ingest['valid']} · invalid {ingest['invalid']} · "
         f"duplicates {ingest['duplicates']}" + (" (see errors/ingest.jsonl)" if ingest["invalid"] or ingest["duplicates"] else ""),
-        f"output: {s['out']}",
+        *cost_lines(s.get("cost")),
+        f"output: {s['out']}" + (f" (report: {s['report']})" if s.get("report") else ""),
     ]
 
 
@@ -36,6 +70,9 @@ def generate(
     run_id: Optional[str] = typer.Option(None, "--run-id", help="Run id; re-using one resumes that run."),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray)."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
+    dry_run_: bool = typer.Option(False, "--dry-run", help="Estimate prompts, output tokens, replicas, time and $ without running (nothing is written)."),
+    sample: int = typer.Option(16, "--sample", min=0, help="--dry-run: prompts run through the teacher to measure lengths and acceptance (0 with --output-tokens: none)."),
+    output_tokens: Optional[int] = typer.Option(None, "--output-tokens", min=1, help="--dry-run: assume this many completion tokens per sample instead of sampling the teacher."),
 ) -> None:
     """Generate verified reasoning traces from a teacher into committed Parquet shards."""
     if json_out:
@@ -49,6 +86,9 @@ def generate(
         cfg = load_config(config, GenerationConfig, {"output.uri": out, "run_id": run_id})
     except ConfigError as exc:
         fail(str(exc))
+    if dry_run_:
+        _dry_run(cfg, sample, output_tokens, json_out)
+        return
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("prompts"),
                TextColumn("· traces {task.fields[traces]} · accepted {task.fields[acc]} · {task.fields[tps]} tok/s"),
                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
@@ -73,4 +113,42 @@ def generate(
         print_json(summary)
         return
     for line in _summary_lines(summary):
+        console.print(line, highlight=False)
+
+
+def estimate_lines(e: dict[str, Any]) -> list[str]:
+    hours = "n/a" if e["hours"] is None else (f"{e['hours'] * 60:,.1f} min" if e["hours"] < 1 else f"{e['hours']:,.2f} h")
+    lines = [
+        f"dry run of {e['run_id']}: nothing was written",
+        f"prompts {e['prompts']} valid ({e['invalid_rows']} invalid, {e['duplicates']} duplicates) in {e['shards']} shards"
+        + (f", {e['shards_committed']} already committed" if e["shards_committed"] else ""),
+        f"estimated output {e['output_tokens']:,} tokens (+{e['prompt_tokens']:,} prompt tokens) · "
+        f"{e['samples_per_prompt']:.2f} samples per prompt"
+        + (f" · {e['accepted_per_prompt']:.2f} accepted" if e["accepted_per_prompt"] is not None else "")
+        + (f" (measured on {e['sampled_prompts']} prompts, which cost {_usd(e['sample_usd'])})" if e["sampled_prompts"] else ""),
+        f"replicas planned {e['replicas']} x {e['gpus_per_replica']:g} GPU · time {hours}"
+        + (f" (bound: {e['limited_by']})" if e["limited_by"] else "")
+        + (f" · {e['tokens_per_s_per_replica']:,.0f} tokens/s per replica" if e["tokens_per_s_per_replica"] else ""),
+        f"estimated cost {_usd(e['usd'])} · {_usd(e['usd_per_accepted_trace'])} per accepted trace"
+        + (f" · budget {_usd(e['budget_usd'])}: {'fits' if e['fits_budget'] else 'does NOT fit'}" if e["budget_usd"] else ""),
+    ]
+    return lines + [f"note: {n}" for n in e["notes"]]
+
+
+def _dry_run(cfg: Any, sample: int, output_tokens: int | None, json_out: bool) -> None:
+    from potstill.pipelines.jobs.dry_run import dry_run
+    from potstill.pipelines.jobs.run_generation import output_uri
+
+    try:
+        with console.status("dry run", spinner="dots") as status:
+            estimate = dry_run(cfg, output_uri(cfg), sample_prompts=sample, output_tokens=output_tokens,
+                               on_status=lambda msg: status.update(f"dry run: {msg}") if not json_out else None)
+    except Exception as exc:  # noqa: BLE001 - one clear line; a dry run writes nothing
+        cause = getattr(exc, "cause", None) or exc
+        fail(f"{type(cause).__name__}: {cause}", 1)
+    result = estimate.model_dump(mode="json")
+    if json_out:
+        print_json(result)
+        return
+    for line in estimate_lines(result):
         console.print(line, highlight=False)
