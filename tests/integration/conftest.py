@@ -14,3 +14,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if _HERE in Path(str(item.fspath)).resolve().parents:
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tmp_path_factory):
+    """One `vllm serve` of the shipped teacher for the whole session (the API-teacher tests share it)."""
+    import sys
+
+    sys.path.insert(0, str(_HERE))  # importlib mode: the helper modules here are not importable by package
+    from vllm_server import VllmServer
+
+    with VllmServer(tmp_path_factory.mktemp("vllm-serve")) as server:
+        yield server
