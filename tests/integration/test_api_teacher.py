@@ -76,8 +76,8 @@ def assert_committed_exactly_once(uri: str, prompts: int, n: int) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def actor_run(ray_local, tmp_path_factory):
-    """The reference: the same prompts through vLLM engines in replica actors."""
+def actor_run(vllm_server_booting, ray_local, tmp_path_factory):
+    """The reference: the same prompts through vLLM engines in replica actors (while the API server boots)."""
     out = str(tmp_path_factory.mktemp("actor-run") / "out")
     summary = run_generation(config(out, "actor", base_url=None))
     return out, summary

