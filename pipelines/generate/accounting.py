@@ -100,17 +100,21 @@ class RunAccounting:
 
     # -- units ----------------------------------------------------------------------------------
     def may_dispatch(self, unit: WorkUnit) -> bool:
-        """Whether the budget admits `unit` (a refusal is final for this invocation and logged once)."""
+        """Whether the budget admits `unit` now. A refusal with units in flight waits for them (their results
+        count as spent and sharpen the estimate); with none in flight it is final for this invocation."""
         if self.guard.max_usd is None:
             return True
-        was_stopped = self.guard.stopped
-        self.estimate.update(self._prompts_credited, self.ledger.spent_usd(self.clock()))
+        if self.guard.stopped:
+            return False
+        spent = self.ledger.spent_usd(self.clock())
+        self.estimate.update(self._prompts_credited, spent)
         inflight = self.estimate.usd(sum(p for p, _ in self._inflight.values()), sum(c for _, c in self._inflight.values()))
-        allowed = self.guard.allows(self.ledger.spent_usd(self.clock()), inflight,
-                                    self.estimate.usd(len(unit.prompts), unit_chars(unit)))
-        if not allowed and not was_stopped:
-            log.warning("%s; the %d unit(s) in flight finish and commit", self.guard.reason, len(self._inflight))
-        return allowed
+        if self.guard.allows(spent, inflight, self.estimate.usd(len(unit.prompts), unit_chars(unit))):
+            return True
+        if not self._inflight:
+            self.guard.stop()
+            log.warning("%s", self.guard.reason)
+        return False
 
     def dispatched(self, key: Any, unit: WorkUnit) -> None:
         self._inflight[key] = (len(unit.prompts), unit_chars(unit))

@@ -7,10 +7,12 @@
 
 A unit is dispatched only while everything spent (this run's earlier
 invocations included), plus the estimated cost of the units in flight, plus
-the next unit's, stays within the budget. Once a unit is refused nothing
-more is dispatched in this invocation: the units in flight finish and commit,
-and a re-run with a larger budget resumes the run. So the run ends within
-about one unit's cost of the budget, below it when the estimates hold.
+the next unit's, stays within the budget. A refused unit waits for the units
+in flight, whose results both count as spent and sharpen the estimate; once
+nothing is in flight and the next unit still does not fit, the guard stops
+for good: what finished is committed, and a re-run with a larger budget
+resumes the run. So the run ends within about one unit's cost of the budget,
+below it when the estimates hold.
 
 A unit's cost is estimated from what this invocation's results cost per
 prompt; before the first result, from the config: for an API teacher every
@@ -55,13 +57,13 @@ class UnitCostEstimate:
 
 
 class BudgetGuard:
-    """Admits units while spend + in flight + next stays within `max_usd`; refuses for good after the first no."""
+    """Admits units while spend + in flight + next stays within `max_usd`; `stop()` makes a refusal final."""
 
     def __init__(self, max_usd: float | None, spent_before: float = 0.0):
         self.max_usd = max_usd
         self.spent_before = spent_before
-        self.stopped_at: float | None = None  # the projected spend that was refused
-        self.reason: str | None = None
+        self.refusal: str | None = None  # why the last check said no
+        self.reason: str | None = None  # set once stopped
 
     @property
     def stopped(self) -> bool:
@@ -75,9 +77,12 @@ class BudgetGuard:
         projected = self.spent_before + spent + inflight_usd + next_usd
         if projected <= self.max_usd:
             return True
-        self.stopped_at = projected
-        self.reason = (f"budget.max_usd (${self.max_usd:.4f}) reached: ${self.spent_before + spent:.4f} spent"
-                       f"{f' (${self.spent_before:.4f} by earlier invocations)' if self.spent_before else ''}, "
-                       f"${inflight_usd:.4f} in flight and ${next_usd:.4f} for the next unit would make "
-                       f"${projected:.4f}; re-run with a larger budget.max_usd to resume")
+        self.refusal = (f"budget.max_usd (${self.max_usd:.4f}) reached: ${self.spent_before + spent:.4f} spent"
+                        f"{f' (${self.spent_before:.4f} by earlier invocations)' if self.spent_before else ''}, "
+                        f"${inflight_usd:.4f} in flight and ${next_usd:.4f} for the next unit would make "
+                        f"${projected:.4f}; re-run with a larger budget.max_usd to resume")
         return False
+
+    def stop(self) -> None:
+        """Make the last refusal final (the controller calls it once nothing is in flight to finish)."""
+        self.reason = self.refusal or f"budget.max_usd (${self.max_usd}) reached"

@@ -88,9 +88,16 @@ def test_the_budget_stops_dispatching_when_spend_in_flight_and_next_would_pass_i
     acc.dispatched("a", _unit(0))
     assert acc.may_dispatch(_unit(1))
     acc.dispatched("b", _unit(1))
-    assert not acc.may_dispatch(_unit(2))  # 40 + 40 in flight + 40 next > 100
-    assert acc.budget_stopped and "budget.max_usd ($100.0000) reached" in acc.guard.reason
+    assert not acc.may_dispatch(_unit(2))  # 40 + 40 in flight + 40 next > 100: wait for the units in flight
+    assert not acc.budget_stopped
     acc.settled("a")
-    acc.credit("r", _result(tokens=4))  # measured: $1 a prompt
-    assert not acc.may_dispatch(_unit(2))  # stopped for good in this invocation
+    acc.credit("r", _result(tokens=4))  # measured: $1 a prompt, so unit 2 fits after all
+    assert acc.may_dispatch(_unit(2))
+    acc.dispatched("c", _unit(2))
+    acc.settled("b")
+    acc.settled("c")
+    acc.credit("r", _result(tokens=90, prompts=8))  # now $94 spent over 12 prompts: the next 4 would pass 100
+    assert not acc.may_dispatch(_unit(3)) and acc.budget_stopped  # nothing in flight: final
+    assert "budget.max_usd ($100.0000) reached: $94.0000 spent" in acc.guard.reason
+    assert not acc.may_dispatch(_unit(4))
     assert acc.finish("budget_exhausted").status == "budget_exhausted"

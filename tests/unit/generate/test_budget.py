@@ -16,10 +16,13 @@ def _cfg(**over) -> GenerationConfig:
     return GenerationConfig.model_validate(data)
 
 
-def test_the_guard_admits_units_until_the_projection_passes_the_budget_then_stops_for_good():
+def test_the_guard_admits_units_while_the_projection_fits_and_a_stop_is_final():
     guard = BudgetGuard(max_usd=10.0, spent_before=2.0)
     assert guard.allows(spent=3.0, inflight_usd=2.0, next_usd=3.0)  # 2 + 3 + 2 + 3 = 10 fits
-    assert not guard.allows(spent=3.0, inflight_usd=2.0, next_usd=3.5)
+    assert not guard.allows(spent=3.0, inflight_usd=2.0, next_usd=3.5) and not guard.stopped
+    assert guard.allows(spent=4.0, inflight_usd=0.0, next_usd=3.5)  # the units in flight cost less than feared
+    assert not guard.allows(spent=5.0, inflight_usd=0.0, next_usd=3.5)
+    guard.stop()
     assert guard.stopped and "budget.max_usd ($10.0000) reached" in guard.reason
     assert "$2.0000 by earlier invocations" in guard.reason and "larger budget.max_usd to resume" in guard.reason
     assert not guard.allows(spent=0.0, inflight_usd=0.0, next_usd=0.0)  # stays stopped
