@@ -44,4 +44,4 @@ class ReplicaFactory:
             options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
                 placement_group=pg, placement_group_capture_child_tasks=True)
         handle = self.actor_cls.options(**options).remote(self.config_json, self.out_uri, name, self.engine_kwargs)
-        return Replica(name, handle)
+        return Replica(name, handle, gpus=self.plan.gpus, cpus=self.plan.cpus)

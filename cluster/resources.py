@@ -29,6 +29,16 @@ class ReplicaResources:
     def uses_placement_group(self) -> bool:
         return bool(self.bundles)
 
+    @property
+    def gpus(self) -> float:
+        """GPUs one replica holds (its actor's, or its placement group's)."""
+        return sum(b.get("GPU", 0.0) for b in self.bundles) if self.bundles else float(self.actor_options.get("num_gpus", 0))
+
+    @property
+    def cpus(self) -> float:
+        """CPUs one replica reserves (its actor's, or its placement group's)."""
+        return sum(b.get("CPU", 0.0) for b in self.bundles) if self.bundles else float(self.actor_options.get("num_cpus", 0))
+
 
 def replica_plan(teacher: TeacherConfig, replicas: ReplicasConfig, cluster_gpus: float) -> ReplicaResources:
     """Actor options (and placement group bundles for tensor parallelism) of one replica."""

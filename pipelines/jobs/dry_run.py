@@ -108,10 +108,7 @@ def _gpus_per_replica(cfg: GenerationConfig) -> float:
             gpus = torch.cuda.device_count()
         except Exception:  # noqa: BLE001 - no torch or no CUDA: a CPU machine
             gpus = 0
-    plan = replica_plan(cfg.teacher, cfg.replicas, gpus)
-    if plan.uses_placement_group:
-        return sum(b.get("GPU", 0) for b in plan.bundles)
-    return float(plan.actor_options.get("num_gpus", 0))
+    return replica_plan(cfg.teacher, cfg.replicas, gpus).gpus
 
 
 def _already(cfg: GenerationConfig, out_uri: str, planned: list[str]) -> tuple[int, float]:
