@@ -2,7 +2,8 @@
 
 Named `potstill-<run_id>`, it answers `progress()` for the CLI while `run()`
 works, and `scale(n)` sets the replica target of a live run. A threaded actor:
-the `run()` loop holds one thread, queries take others.
+the `run()` loop holds one thread, queries take others. The pool's gauges
+(replicas, queue depth, spend) go to Prometheus through `PoolMetrics`.
 """
 
 from __future__ import annotations
@@ -23,8 +24,11 @@ class ControllerActor:
     def __init__(self, config_json: str, out_uri: str):
         from potstill.pipelines.observe.redact import configure_logging
 
+        from potstill.actors.metrics import PoolMetrics
+
         configure_logging()  # level from POTSTILL_LOG_LEVEL; credentials redacted from every record
-        self.controller = GenerationController(GenerationConfig.model_validate_json(config_json), out_uri)
+        cfg = GenerationConfig.model_validate_json(config_json)
+        self.controller = GenerationController(cfg, out_uri, observer=PoolMetrics(cfg.resolved_run_id()))
 
     def run(self) -> dict[str, Any]:
         from potstill.cluster.replica_factory import ReplicaFactory

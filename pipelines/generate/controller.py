@@ -13,6 +13,9 @@ requeues that replica's units; `supervision.FailurePolicy` decides which
 unit is blamed, when a unit is split so a poison prompt runs alone, and when
 a prompt is recorded as failed. Sub-unit results are the one case where rows
 pass through here: the controller commits their merged shard itself.
+Cost, `budget.max_usd` and the pool's metrics go through `RunAccounting`
+(`accounting.py`), called from the loop: every replica's life, every result
+by the replica that produced it, and a budget check before each dispatch.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from potstill.pipelines.output.commit import committed_shard_ids, finalize_run
+from potstill.pipelines.generate.accounting import RUN_REPORT, RunAccounting, RunObserver, summary_of
+from potstill.pipelines.output.commit import committed_shard_ids, finalize_run, read_commits
 from potstill.pipelines.ingest.prompts import IngestReport, iter_prompts
 from potstill.pipelines.models.assets import teacher_revision
 from potstill.pipelines.generate.plan import RunPlan, iter_units, plan_run
@@ -60,6 +64,7 @@ class Progress:
     units_retried: int = 0
     units_split: int = 0
     engine_requests: int = 0
+    spent_usd: float = 0.0
     totals: ShardStats = field(default_factory=ShardStats)
     started_at: float = field(default_factory=time.time)
 
@@ -73,8 +78,9 @@ class Progress:
 class GenerationController:
     """Plans, schedules, supervises and finalizes one generation run."""
 
-    def __init__(self, cfg: GenerationConfig, out_uri: str):
+    def __init__(self, cfg: GenerationConfig, out_uri: str, observer: RunObserver | None = None):
         self.cfg = cfg
+        self.observer = observer  # the pool's live metrics (Prometheus gauges on Ray)
         self.run_id = cfg.resolved_run_id()
         self.out_uri = out_uri
         self.storage = Storage(out_uri, cfg.output.storage)
@@ -89,6 +95,8 @@ class GenerationController:
         self._loads: dict[Any, Replica] = {}  # load() refs: how many sequences a replica's engine still has
         self._start_failures = 0  # in a row; the run stops at max_attempts
         self._exhausted = False
+        self._units_undrawn = 0  # units of the plan not yet taken from the source (the queue's depth, with _retry)
+        self.accounting: RunAccounting | None = None
 
     # -- public, called through the actor -------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
@@ -109,26 +117,42 @@ class GenerationController:
         todo = [s for s in plan.shard_ids if s not in committed]
         self.progress.shards_skipped = len(plan.shard_ids) - len(todo)
         self.progress.prompts_done = sum(n for s, n in zip(plan.shard_ids, plan.shard_sizes) if s in committed)
+        self.accounting = RunAccounting(self.cfg, self.storage, self.run_id, self.observer)
         if todo:
             self.progress.phase = "generating"
-            self._generate(plan, set(todo), factory)
-        self.progress.phase = "finalizing"
-        teacher = self.cfg.teacher
-        revision = teacher_revision(teacher.model, teacher.revision)
-        manifest = finalize_run(self.storage, self.run_id, self.cfg.fingerprint(), teacher.model, revision, plan.shard_ids)
-        self.progress.phase = "done"
+            try:
+                self._generate(plan, set(todo), factory)
+            except BaseException:
+                self.accounting.finish("failed")  # its spend counts against the next invocation's budget
+                raise
+        status = "budget_exhausted" if self.accounting.budget_stopped else "complete"
+        if status == "complete":
+            self.progress.phase = "finalizing"
+            teacher = self.cfg.teacher
+            revision = teacher_revision(teacher.model, teacher.revision)
+            manifest = finalize_run(self.storage, self.run_id, self.cfg.fingerprint(), teacher.model, revision,
+                                    plan.shard_ids)
+            shards, totals, failed = len(manifest.shards), manifest.totals, len(manifest.failed)
+        else:  # stopped at the budget: what is committed stays, unfinalized, for a resume with a larger budget
+            commits = [c for s, c in read_commits(self.storage).items() if s in set(plan.shard_ids)]
+            shards, totals = len(commits), sum((c.stats for c in commits), ShardStats())
+            failed = sum(len(c.failed) for c in commits)
+        run_report = self.accounting.finish(status)
+        self.progress.spent_usd = run_report.spent_usd
+        self.progress.phase = "done" if status == "complete" else "stopped"
         p = self.progress
         return {
-            "run_id": self.run_id, "out": self.out_uri, "shards": len(manifest.shards),
-            "shards_skipped": p.shards_skipped, "totals": manifest.totals.model_dump(),
+            "run_id": self.run_id, "out": self.out_uri, "status": status, "shards": shards,
+            "shards_skipped": p.shards_skipped, "totals": totals.model_dump(),
             "this_run": p.totals.model_dump(),
-            "failed_prompts": len(manifest.failed), "ingest": report.counts(),
+            "failed_prompts": failed, "ingest": report.counts(),
             "engine_requests": p.engine_requests,
             "replicas_replaced": p.replicas_replaced, "replaced_for": dict(p.replaced_for),
             "units_retried": p.units_retried, "units_split": p.units_split,
             "elapsed_s": time.time() - p.started_at,
             "generation_s": self._generation_s,
             "controller_peak_rss_mb": peak_rss_mb(),
+            "cost": summary_of(run_report), "report": self.storage.uri_of(RUN_REPORT),
         }
 
     # -- planning ----------------------------------------------------------------------------
@@ -159,6 +183,9 @@ class GenerationController:
         import ray
 
         self._units_left = self._units(plan, todo)
+        self._units_undrawn = len(todo)
+        if not self._affordable():
+            return
         first = self._add_replica(factory)
         info = ray.get(self._start_ref_of(first))  # surfaces a bad model/config before any work is queued
         self._mark_ready(first, info)
@@ -175,14 +202,35 @@ class GenerationController:
                 self._on_ready(ref)
             self._check_deadlines(time.monotonic())
             self._maybe_scale_up()
+            self.accounting.tick(*self._pool_state())
+            self.progress.spent_usd = self.accounting.spent_usd()
         self._generation_s = time.perf_counter() - started
+        self.accounting.generation_s = self._generation_s
         for rep in self._replicas:
-            self._collect_requests(rep)
+            stats = self._collect_requests(rep)
             ray.kill(rep.handle)
+            self.accounting.replica_ended(rep.name, stats)
         self._replicas.clear()
+
+    def _work_left(self) -> bool:
+        """Units remain to dispatch (and the budget still admits them)."""
+        return bool(self._retry or not self._exhausted) and not self.accounting.budget_stopped
+
+    def _affordable(self) -> bool:
+        """Whether the budget admits the first unit (else no replica is started at all)."""
+        entry = self._next_entry(busy=False)
+        if entry is not None:
+            self._retry.appendleft(entry)
+        return entry is not None
+
+    def _pool_state(self) -> tuple[int, int, int]:
+        """(live replicas, pending replicas, units queued) for the metrics."""
+        live = sum(r.ready_at is not None for r in self._replicas)
+        return live, len(self._replicas) - live, len(self._retry) + self._units_undrawn
 
     def _add_replica(self, factory: Any) -> Replica:
         rep = factory.create()
+        self.accounting.replica_added(rep.name, rep.gpus, rep.cpus)
         self._starting[rep.handle.start.remote()] = rep
         self._replicas.append(rep)
         return rep
@@ -195,10 +243,11 @@ class GenerationController:
         self._starting = {ref: r for ref, r in self._starting.items() if r is not rep}
         rep.ready_at = time.monotonic()
         rep.min_sequences = min_sequences_for(self.cfg.replicas, info.get("batch_capacity"))
+        self.accounting.replica_ready(rep.name)
 
     def _fill_pool(self, factory: Any) -> None:
         """Start replicas up to the target while work remains (a dead one is replaced here)."""
-        while (self._retry or not self._exhausted) and len(self._replicas) < self.target_replicas:
+        while self._work_left() and len(self._replicas) < self.target_replicas:
             self._add_replica(factory)
         self.progress.replicas = len(self._replicas)
 
@@ -209,8 +258,11 @@ class GenerationController:
             if unit is None:
                 self._exhausted = True
             else:
+                self._units_undrawn -= 1
                 self._retry.append(Entry(unit))
         if not self._retry or (self._retry[0].exclusive and busy):
+            return None
+        if not self.accounting.may_dispatch(self._retry[0].unit):  # budget.max_usd: nothing more goes out
             return None
         return self._retry.popleft()
 
@@ -229,11 +281,12 @@ class GenerationController:
                 rep.inflight[ref] = time.monotonic()
                 rep.exclusive = entry.exclusive
                 self._owner[ref] = (rep, entry)
+                self.accounting.dispatched(ref, entry.unit)
 
     def _ask_loads(self) -> None:
         """Ask each full replica to report back as soon as its engine runs fewer than its threshold of sequences."""
         rcfg = self.cfg.replicas
-        if rcfg.min_sequences_in_flight is None or not (self._retry or not self._exhausted):
+        if rcfg.min_sequences_in_flight is None or not self._work_left():
             return
         for rep in self._replicas:
             if (rep.min_sequences is not None and rep.load_ref is None and rep.hung_reason is None and not rep.exclusive
@@ -244,7 +297,7 @@ class GenerationController:
 
     def _maybe_scale_up(self) -> None:
         rcfg = self.cfg.replicas
-        if self.target_replicas < rcfg.max_replicas and (self._retry or not self._exhausted):
+        if self.target_replicas < rcfg.max_replicas and self._work_left():
             if all(len(r.inflight) >= rcfg.units_in_flight for r in self._replicas):
                 self.target_replicas += 1  # backlog with every replica full: scale up
 
@@ -274,19 +327,21 @@ class GenerationController:
         if ref not in self._owner:  # already requeued with its replica
             return
         rep, entry = self._owner.pop(ref)
+        self.accounting.settled(ref)
         self._release(rep, ref)
         try:
             out = ray.get(ref)
         except Exception as exc:  # noqa: BLE001 - every failure kind is handled below
             self._on_failure(exc, rep, entry)
             return
-        self._on_success(entry, out)
+        self._on_success(entry, out, rep)
 
     def _release(self, rep: Replica, ref: Any) -> None:
         rep.inflight.pop(ref, None)
         rep.exclusive = False
 
-    def _on_success(self, entry: Entry, out: ShardCommit | UnitResult) -> None:
+    def _on_success(self, entry: Entry, out: ShardCommit | UnitResult, rep: Replica) -> None:
+        self.accounting.credit(rep.name, out.stats)  # the samples `rep` produced (a commit's, or a sub-unit's)
         if entry.split is not None:
             self._add_part(entry.split, out)
         else:
@@ -303,15 +358,17 @@ class GenerationController:
         p.prompts_done += commit.stats.prompts
         p.totals = p.totals + commit.stats
 
-    def _collect_requests(self, rep: Replica) -> None:
+    def _collect_requests(self, rep: Replica) -> dict[str, Any] | None:
+        """Add `rep`'s engine requests to the run's count; its `stats()` (None if it is dead)."""
         import ray
 
         try:
             stats = ray.get(rep.handle.stats.remote(), timeout=10)
         except Exception:  # noqa: BLE001 - a dead replica's count is gone; nothing to add
-            return
+            return None
         self.progress.engine_requests += stats["engine_requests"] - rep.requests_seen
         rep.requests_seen = stats["engine_requests"]
+        return stats
 
     # -- supervision ---------------------------------------------------------------------------------
     def _started(self, rep: Replica) -> bool:
@@ -376,13 +433,14 @@ class GenerationController:
         victims = []
         for ref in refs:
             _, entry = self._owner.pop(ref)
+            self.accounting.settled(ref)
             if ref in done:
                 try:
                     out = ray.get(ref)
                 except Exception:  # noqa: BLE001 - failed with its replica: a suspect like the rest
                     victims.append(entry)
                     continue
-                self._on_success(entry, out)
+                self._on_success(entry, out, rep)
             else:
                 victims.append(entry)
         return victims
@@ -392,8 +450,9 @@ class GenerationController:
 
         if rep not in self._replicas:
             return
-        self._collect_requests(rep)
+        stats = self._collect_requests(rep)
         ray.kill(rep.handle)
+        self.accounting.replica_ended(rep.name, stats)
         self._replicas.remove(rep)
         self._starting = {ref: r for ref, r in self._starting.items() if r is not rep}
         self.progress.replicas_replaced += 1

@@ -90,11 +90,12 @@ def generate(
         _dry_run(cfg, sample, output_tokens, json_out)
         return
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("prompts"),
-               TextColumn("· traces {task.fields[traces]} · accepted {task.fields[acc]} · {task.fields[tps]} tok/s"),
+               TextColumn("· traces {task.fields[traces]} · accepted {task.fields[acc]} · {task.fields[tps]} tok/s"
+                          "{task.fields[usd]}"),
                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
     start = time.time()
     with Progress(*columns, console=console, transient=False, disable=json_out) as bar:
-        task = bar.add_task("planning", total=None, traces=0, acc="-", tps=0)
+        task = bar.add_task("planning", total=None, traces=0, acc="-", tps=0, usd="")
 
         def on_progress(p: dict[str, Any]) -> None:
             t = p["totals"]
@@ -102,7 +103,8 @@ def generate(
             elapsed = max(time.time() - start, 1e-6)
             bar.update(task, description=p["phase"], total=p["prompts_total"] or None, completed=p["prompts_done"],
                        traces=t["traces"], acc=f"{t['verified'] / judged:.0%}" if judged else "-",
-                       tps=f"{t['completion_tokens'] / elapsed:,.0f}")
+                       tps=f"{t['completion_tokens'] / elapsed:,.0f}",
+                       usd=f" · {_usd(p['spent_usd'])}" if p.get("spent_usd") else "")
 
         try:
             summary = run_generation(cfg, address=address, on_progress=on_progress)
