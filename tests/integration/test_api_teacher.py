@@ -10,6 +10,8 @@ within 5 points of the actor run. A proxy then answers 30% of requests with
 
 from __future__ import annotations
 
+import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -20,12 +22,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # fault_proxy: shared 
 
 from fault_proxy import FaultProxy  # noqa: E402
 
+from potstill.cli.common import last_json_line  # noqa: E402
 from potstill.pipelines.jobs.run_generation import run_generation  # noqa: E402
 from potstill.pipelines.output.commit import committed_data_files, read_manifest  # noqa: E402
 from potstill.schemas import GenerationConfig  # noqa: E402
+from potstill.schemas.report import RunReport  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
+REPO = Path(__file__).resolve().parents[2]
 N, COUNT, PER_SHARD = 4, 100, 25
 PRICE = {"input_usd_per_million": 0.55, "output_usd_per_million": 2.19}
 COLUMNS = ["prompt_id", "sample_index", "verified", "completion_tokens", "completion_token_ids", "topk_ids",
@@ -133,3 +138,67 @@ def test_429s_with_retry_after_under_an_rpm_budget_complete_the_run_without_loss
     # Retry-After is honoured: after a 429 no request arrives for the next second (in-flight ones aside).
     for t in answered_429:
         assert not [u for u in times if t + 0.3 < u < t + 0.9], t
+
+
+def test_the_run_report_prices_the_api_tokens_and_charges_them_to_the_samples(api_run):
+    out, summary = api_run
+    report = RunReport.model_validate_json((Path(out) / "report.json").read_text())
+    manifest = read_manifest(out)
+    cost = report.total
+    assert report.status == "complete" and len(report.invocations) == 1
+    expected = (manifest.totals.prompt_tokens * PRICE["input_usd_per_million"]
+                + manifest.totals.completion_tokens * PRICE["output_usd_per_million"]) / 1e6
+    assert cost.usd_total == pytest.approx(expected, rel=0.01)  # the start probe's few tokens are charged too
+    assert cost.usd_by_kind.total == pytest.approx(cost.usd_total)
+    assert cost.accepted_traces == manifest.totals.accepted_samples > 0
+    assert cost.usd_per_accepted_trace == pytest.approx(cost.usd_total / cost.accepted_traces)
+    assert cost.usd_per_million_accepted_tokens == pytest.approx(cost.usd_total / manifest.totals.accepted_tokens * 1e6)
+    (replica,) = report.invocations[0].cost.replicas
+    assert replica.tokens_per_s > 0 and replica.gpus == 0 and cost.gpu_hours == 0
+    assert summary["cost"]["spent_usd"] == pytest.approx(report.spent_usd)
+    assert summary["report"].endswith("report.json")
+
+
+def test_a_budget_below_the_runs_cost_stops_within_one_unit_and_a_larger_one_completes_it_exactly_once(
+        ray_local, vllm_server, api_run, tmp_path):
+    full = RunReport.model_validate_json((Path(api_run[0]) / "report.json").read_text()).spent_usd
+    per_shard = 10
+    unit_cost = full / (COUNT // per_shard)
+    budget = 0.55 * full
+    out = str(tmp_path / "out")
+    first = run_generation(config(out, "budget", base_url=vllm_server.base_url, per_shard=per_shard,
+                                  budget={"max_usd": budget}))
+    assert first["status"] == "budget_exhausted"
+    spent = first["cost"]["spent_usd"]
+    assert budget - unit_cost <= spent <= budget + unit_cost, (spent, budget, unit_cost)
+    commits = Path(out) / "commits"
+    before = {p.name: p.read_bytes() for p in commits.glob("*.json")}
+    assert 0 < len(before) < COUNT // per_shard and not (Path(out) / "_SUCCESS").exists()
+    assert first["shards"] == len(before)
+
+    second = run_generation(config(out, "budget", base_url=vllm_server.base_url, per_shard=per_shard,
+                                   budget={"max_usd": 3 * full}))
+    assert second["status"] == "complete" and second["shards_skipped"] == len(before)
+    assert second["engine_requests"] == COUNT - per_shard * len(before)  # nothing committed was asked again
+    assert {p.name: p.read_bytes() for p in commits.glob("*.json") if p.name in before} == before
+    assert_committed_exactly_once(out, COUNT, N)
+    report = RunReport.model_validate_json((Path(out) / "report.json").read_text())
+    assert [i.status for i in report.invocations] == ["budget_exhausted", "complete"]
+    assert report.spent_usd == pytest.approx(full, rel=0.1)
+
+
+def test_the_dry_run_estimates_output_tokens_and_dollars_within_25_percent(api_run, vllm_server, tmp_path):
+    out, _ = api_run
+    cfg = json.loads(config(str(tmp_path / "never-written"), "dry", base_url=vllm_server.base_url).model_dump_json())
+    path = tmp_path / "api.yaml"
+    path.write_text(json.dumps(cfg))
+    proc = subprocess.run([sys.executable, "-m", "potstill.cli", "generate", str(path), "--dry-run", "--sample", "16",
+                           "--json"], capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    estimate = last_json_line(proc.stdout)
+    actual = RunReport.model_validate_json((Path(out) / "report.json").read_text())
+    manifest = read_manifest(out)
+    assert estimate["prompts"] == COUNT and estimate["shards"] == COUNT // PER_SHARD and estimate["sampled_prompts"] == 16
+    assert abs(estimate["output_tokens"] - manifest.totals.completion_tokens) <= 0.25 * manifest.totals.completion_tokens
+    assert abs(estimate["usd"] - actual.spent_usd) <= 0.25 * actual.spent_usd
+    assert not (tmp_path / "never-written").exists()
