@@ -109,8 +109,10 @@ def test_the_api_teacher_commits_like_the_actor_run_and_verifies_within_5_points
     actor_rows = assert_committed_exactly_once(actor_out, COUNT, N)
     api_accuracy = sum(r["verified"] is True for r in rows) / len(rows)
     actor_accuracy = sum(r["verified"] is True for r in actor_rows) / len(actor_rows)
-    assert abs(api_accuracy - actor_accuracy) <= 0.05, (api_accuracy, actor_accuracy)
     mean = lambda rs: sum(r["completion_tokens"] for r in rs) / len(rs)  # noqa: E731
+    print(f"MEASURED verified: API {api_accuracy:.4f}, actors {actor_accuracy:.4f}; mean completion tokens: "
+          f"API {mean(rows):.1f}, actors {mean(actor_rows):.1f}")
+    assert abs(api_accuracy - actor_accuracy) <= 0.05, (api_accuracy, actor_accuracy)
     assert abs(mean(rows) - mean(actor_rows)) <= 0.1 * mean(actor_rows)  # the same teacher, the same lengths
 
 
@@ -134,7 +136,10 @@ def test_429s_with_retry_after_under_an_rpm_budget_complete_the_run_without_loss
     for w in (2.0, 5.0, 10.0, 60.0):
         most = max(sum(1 for u in times if t <= u < t + w) for t in times)
         assert most <= w / interval + 1, (w, most)
-    assert (len(times) - 1) / (times[-1] - times[0]) <= rpm / 60.0 * 1.02
+    observed = (len(times) - 1) / (times[-1] - times[0])
+    print(f"MEASURED 429 proxy: {len(times)} requests ({len(answered_429)} answered 429) in "
+          f"{times[-1] - times[0]:.1f} s, {observed * 60:.1f} requests/min observed, budget {rpm}")
+    assert observed <= rpm / 60.0 * 1.02
     # Retry-After is honoured: after a 429 no request arrives for the next second (in-flight ones aside).
     for t in answered_429:
         assert not [u for u in times if t + 0.3 < u < t + 0.9], t
@@ -155,6 +160,9 @@ def test_the_run_report_prices_the_api_tokens_and_charges_them_to_the_samples(ap
     assert cost.usd_per_million_accepted_tokens == pytest.approx(cost.usd_total / manifest.totals.accepted_tokens * 1e6)
     (replica,) = report.invocations[0].cost.replicas
     assert replica.tokens_per_s > 0 and replica.gpus == 0 and cost.gpu_hours == 0
+    print(f"MEASURED API run report: ${cost.usd_total:.6f} total, ${cost.usd_per_accepted_trace:.8f} per accepted "
+          f"trace, ${cost.usd_per_million_accepted_tokens:.4f} per million accepted tokens, "
+          f"{replica.tokens_per_s:.0f} tokens/s on replica-1; by kind {cost.usd_by_kind.model_dump()}")
     assert summary["cost"]["spent_usd"] == pytest.approx(report.spent_usd)
     assert summary["report"].endswith("report.json")
 
@@ -170,6 +178,8 @@ def test_a_budget_below_the_runs_cost_stops_within_one_unit_and_a_larger_one_com
                                   budget={"max_usd": budget}))
     assert first["status"] == "budget_exhausted"
     spent = first["cost"]["spent_usd"]
+    print(f"MEASURED budget: ${budget:.6f} (full run ${full:.6f}, one unit ${unit_cost:.6f}); stopped at "
+          f"${spent:.6f} with {first['shards']} of {COUNT // per_shard} shards committed")
     assert budget - unit_cost <= spent <= budget + unit_cost, (spent, budget, unit_cost)
     commits = Path(out) / "commits"
     before = {p.name: p.read_bytes() for p in commits.glob("*.json")}
@@ -184,6 +194,7 @@ def test_a_budget_below_the_runs_cost_stops_within_one_unit_and_a_larger_one_com
     assert_committed_exactly_once(out, COUNT, N)
     report = RunReport.model_validate_json((Path(out) / "report.json").read_text())
     assert [i.status for i in report.invocations] == ["budget_exhausted", "complete"]
+    print(f"MEASURED budget re-run: ${report.spent_usd:.6f} over both invocations (one uninterrupted run: ${full:.6f})")
     assert report.spent_usd == pytest.approx(full, rel=0.1)
 
 
@@ -199,6 +210,8 @@ def test_the_dry_run_estimates_output_tokens_and_dollars_within_25_percent(api_r
     actual = RunReport.model_validate_json((Path(out) / "report.json").read_text())
     manifest = read_manifest(out)
     assert estimate["prompts"] == COUNT and estimate["shards"] == COUNT // PER_SHARD and estimate["sampled_prompts"] == 16
+    print(f"MEASURED dry run: {estimate['output_tokens']} output tokens and ${estimate['usd']:.6f} estimated; the run: "
+          f"{manifest.totals.completion_tokens} and ${actual.spent_usd:.6f}")
     assert abs(estimate["output_tokens"] - manifest.totals.completion_tokens) <= 0.25 * manifest.totals.completion_tokens
     assert abs(estimate["usd"] - actual.spent_usd) <= 0.25 * actual.spent_usd
     assert not (tmp_path / "never-written").exists()

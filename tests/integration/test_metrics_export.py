@@ -136,6 +136,11 @@ def test_a_ray_heads_metrics_endpoint_exposes_the_potstill_metrics_after_a_run(v
             time.sleep(1)
         done.set()
         watcher.join()
+    print("MEASURED metrics after the run: " + ", ".join(f"{n}{{{l}}}={v:g}" for (n, l), v in sorted(after.items())
+                                                         if not n.endswith("_bucket")))
+    print("MEASURED gauges during the run (max): " + ", ".join(f"{n}{{{l}}}={v:g}" for (n, l), v in sorted(seen.items())
+                                                               if n in ("ray_potstill_replicas", "ray_potstill_queue_depth",
+                                                                        "ray_potstill_spend_usd")))
     tokens = sum(v for (name, _), v in after.items() if name == "ray_potstill_tokens_generated_total")
     assert tokens == summary["totals"]["completion_tokens"] > 0
     accepted = after.get(("ray_potstill_traces_total", 'replica="replica-1",verdict="accepted"'), 0)
