@@ -31,9 +31,9 @@ class ControllerActor:
         self.controller = GenerationController(cfg, out_uri, observer=PoolMetrics(cfg.resolved_run_id()))
 
     def run(self) -> dict[str, Any]:
-        from potstill.cluster.replica_factory import ReplicaFactory
+        from potstill.cluster.ray_pool import RayReplicaPool
 
-        return self.controller.run(ReplicaFactory(self.controller.cfg, self.controller.out_uri))
+        return self.controller.run(RayReplicaPool(self.controller.cfg, self.controller.out_uri))
 
     def progress(self) -> dict[str, Any]:
         return self.controller.snapshot()

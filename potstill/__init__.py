@@ -2,6 +2,7 @@
 
     potstill generate examples/arithmetic.yaml   # teacher replicas -> verified traces
     potstill inspect runs/<run_id>               # what a run produced
+    potstill.read_run("runs/<run_id>").to_hf()   # its committed traces as a Hugging Face dataset
 
 The top-level package stays light: heavy libraries (vllm, torch, ray) load
 only inside the functions that need them.
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "verify"]
+__all__ = ["__version__", "read_run", "verify"]
 
 
 def __getattr__(name: str):
@@ -20,4 +21,9 @@ def __getattr__(name: str):
         from potstill.pipelines.verify import verify
 
         return verify
+    # Lazy: `potstill.read_run` pulls pyarrow and s3fs only when first used.
+    if name == "read_run":
+        from potstill.pipelines.output.reader import read_run
+
+        return read_run
     raise AttributeError(f"module 'potstill' has no attribute {name!r}")

@@ -32,6 +32,8 @@ from potstill.pipelines.ingest.prompts import IngestReport, iter_prompts
 from potstill.pipelines.models.assets import teacher_revision
 from potstill.pipelines.generate.plan import RunPlan, iter_units, plan_run
 from potstill.pipelines.observe.redact import redact
+from potstill.pipelines.engines.protocol import EngineFailure
+from potstill.pipelines.generate.pool import ReplicaLost, ReplicaPool, reason_of
 from potstill.pipelines.generate.replicas import Replica, min_sequences_for, missed_deadline, unit_limit
 from potstill.pipelines.output.run_record import claim_run
 from potstill.pipelines.output.shard_output import persist_unit
@@ -108,7 +110,7 @@ class GenerationController:
         self.target_replicas = max(r.min_replicas, min(r.max_replicas, replicas))
         return self.target_replicas
 
-    def run(self, factory: Any) -> dict[str, Any]:
+    def run(self, pool: ReplicaPool) -> dict[str, Any]:
         if self.storage.remote:
             self.storage.check_conditional_create()
         claim_run(self.storage, self.cfg, self.run_id)
@@ -117,11 +119,11 @@ class GenerationController:
         todo = [s for s in plan.shard_ids if s not in committed]
         self.progress.shards_skipped = len(plan.shard_ids) - len(todo)
         self.progress.prompts_done = sum(n for s, n in zip(plan.shard_ids, plan.shard_sizes) if s in committed)
-        self.accounting = RunAccounting(self.cfg, self.storage, self.run_id, self.observer)
+        self.accounting = RunAccounting(self.cfg, self.storage, self.run_id, self.observer, clock=pool.now)
         if todo:
             self.progress.phase = "generating"
             try:
-                self._generate(plan, set(todo), factory)
+                self._generate(plan, set(todo), pool)
             except BaseException:
                 self.accounting.finish("failed")  # its spend counts against the next invocation's budget
                 raise
@@ -134,7 +136,8 @@ class GenerationController:
                                     plan.shard_ids)
             shards, totals, failed = len(manifest.shards), manifest.totals, len(manifest.failed)
         else:  # stopped at the budget: what is committed stays, unfinalized, for a resume with a larger budget
-            commits = [c for s, c in read_commits(self.storage).items() if s in set(plan.shard_ids)]
+            planned = set(plan.shard_ids)
+            commits = [c for s, c in read_commits(self.storage).items() if s in planned]
             shards, totals = len(commits), sum((c.stats for c in commits), ShardStats())
             failed = sum(len(c.failed) for c in commits)
         run_report = self.accounting.finish(status)
@@ -179,28 +182,25 @@ class GenerationController:
                 yield unit
 
     # -- scheduling ------------------------------------------------------------------------------
-    def _generate(self, plan: RunPlan, todo: set[str], factory: Any) -> None:
-        import ray
-
+    def _generate(self, plan: RunPlan, todo: set[str], pool: ReplicaPool) -> None:
+        self.pool = pool
         self._units_left = self._units(plan, todo)
         self._units_undrawn = len(todo)
         if not self._affordable():
             return
-        first = self._add_replica(factory)
-        info = ray.get(self._start_ref_of(first))  # surfaces a bad model/config before any work is queued
-        self._mark_ready(first, info)
+        self._start_first()
         started = time.perf_counter()
         while True:
-            self._fill_pool(factory)
+            self._fill_pool()
             self._dispatch()
             if not self._owner:
                 break
             self._ask_loads()
-            # Start refs first: a replica's failed start is handled before its units' failures.
-            ready, _ = ray.wait(list(self._starting) + list(self._owner) + list(self._loads), num_returns=1, timeout=1.0)
-            for ref in ready:
-                self._on_ready(ref)
-            self._check_deadlines(time.monotonic())
+            # Start calls first: a replica's failed start is handled before its units' failures.
+            ready = pool.wait(list(self._starting) + list(self._owner) + list(self._loads), timeout_s=1.0)
+            for call in ready:
+                self._on_ready(call)
+            self._check_deadlines(pool.now())
             self._maybe_scale_up()
             self.accounting.tick(*self._pool_state())
             self.progress.spent_usd = self.accounting.spent_usd()
@@ -208,9 +208,23 @@ class GenerationController:
         self.accounting.generation_s = self._generation_s
         for rep in self._replicas:
             stats = self._collect_requests(rep)
-            ray.kill(rep.handle)
+            pool.kill(rep)
             self.accounting.replica_ended(rep.name, stats)
         self._replicas.clear()
+
+    def _start_first(self) -> None:
+        """Start one replica and wait for its engine: a bad model or engine config fails the run here, before any
+        work is queued, instead of being retried replica after replica."""
+        first = self._add_replica()
+        call = self._start_call_of(first)
+        while not self.pool.wait([call], timeout_s=1.0):
+            reason = missed_deadline(first, self.pool.now(), self.cfg.replicas)
+            if reason is not None:
+                self.pool.kill(first)
+                raise RuntimeError(f"the first teacher replica's {reason}; check that the cluster has the resources "
+                                   "a replica asks for (replicas.*, teacher.tensor_parallel_size) and that the engine "
+                                   "can load the model, then re-run to resume")
+        self._mark_ready(first, self.pool.result(call))
 
     def _work_left(self) -> bool:
         """Units remain to dispatch (and the budget still admits them)."""
@@ -228,27 +242,28 @@ class GenerationController:
         live = sum(r.ready_at is not None for r in self._replicas)
         return live, len(self._replicas) - live, len(self._retry) + self._units_undrawn
 
-    def _add_replica(self, factory: Any) -> Replica:
-        rep = factory.create()
+    def _add_replica(self) -> Replica:
+        rep = self.pool.create()
+        rep.created_at = self.pool.now()
         self.accounting.replica_added(rep.name, rep.gpus, rep.cpus)
-        self._starting[rep.handle.start.remote()] = rep
+        self._starting[self.pool.call(rep, "start")] = rep
         self._replicas.append(rep)
         return rep
 
-    def _start_ref_of(self, rep: Replica) -> Any:
-        return next(ref for ref, r in self._starting.items() if r is rep)
+    def _start_call_of(self, rep: Replica) -> Any:
+        return next(call for call, r in self._starting.items() if r is rep)
 
     def _mark_ready(self, rep: Replica, info: dict[str, Any]) -> None:
         """`rep`'s engine started; `info` is what its `start()` returned."""
-        self._starting = {ref: r for ref, r in self._starting.items() if r is not rep}
-        rep.ready_at = time.monotonic()
+        self._starting = {call: r for call, r in self._starting.items() if r is not rep}
+        rep.ready_at = self.pool.now()
         rep.min_sequences = min_sequences_for(self.cfg.replicas, info.get("batch_capacity"))
         self.accounting.replica_ready(rep.name)
 
-    def _fill_pool(self, factory: Any) -> None:
+    def _fill_pool(self) -> None:
         """Start replicas up to the target while work remains (a dead one is replaced here)."""
         while self._work_left() and len(self._replicas) < self.target_replicas:
-            self._add_replica(factory)
+            self._add_replica()
         self.progress.replicas = len(self._replicas)
 
     def _next_entry(self, busy: bool) -> Entry | None:
@@ -262,7 +277,7 @@ class GenerationController:
                 self._retry.append(Entry(unit))
         if not self._retry or (self._retry[0].exclusive and busy):
             return None
-        if not self.accounting.may_dispatch(self._retry[0].unit):  # budget.max_usd: nothing more goes out
+        if not self.accounting.may_dispatch(self._retry[0].unit):  # budget.max_usd: wait, or stop
             return None
         return self._retry.popleft()
 
@@ -275,13 +290,12 @@ class GenerationController:
                     break
                 if len(rep.inflight) >= base:
                     rep.sequences_pending = None  # one extra unit per load report
-                method = rep.handle.generate if entry.is_part else rep.handle.process
-                ref = method.remote(entry.unit)
+                call = self.pool.call(rep, "generate" if entry.is_part else "process", entry.unit)
                 rep.units_sent += 1
-                rep.inflight[ref] = time.monotonic()
+                rep.inflight[call] = self.pool.now()
                 rep.exclusive = entry.exclusive
-                self._owner[ref] = (rep, entry)
-                self.accounting.dispatched(ref, entry.unit)
+                self._owner[call] = (rep, entry)
+                self.accounting.dispatched(call, entry.unit)
 
     def _ask_loads(self) -> None:
         """Ask each full replica to report back as soon as its engine runs fewer than its threshold of sequences."""
@@ -291,7 +305,7 @@ class GenerationController:
         for rep in self._replicas:
             if (rep.min_sequences is not None and rep.load_ref is None and rep.hung_reason is None and not rep.exclusive
                     and rcfg.units_in_flight <= len(rep.inflight) < rcfg.max_units_in_flight):
-                rep.load_ref = rep.handle.load.remote(rep.units_sent, rep.min_sequences, LOAD_WAIT_S)
+                rep.load_ref = self.pool.call(rep, "load", rep.units_sent, rep.min_sequences, LOAD_WAIT_S)
                 rep.load_units = rep.units_sent
                 self._loads[rep.load_ref] = rep
 
@@ -302,35 +316,33 @@ class GenerationController:
                 self.target_replicas += 1  # backlog with every replica full: scale up
 
     # -- results -----------------------------------------------------------------------------------
-    def _on_ready(self, ref: Any) -> None:
-        import ray
-
-        if ref in self._loads:
-            rep = self._loads.pop(ref)
+    def _on_ready(self, call: Any) -> None:
+        if call in self._loads:
+            rep = self._loads.pop(call)
             rep.load_ref = None
             try:
-                pending = ray.get(ref)
-            except Exception:  # noqa: BLE001 - a dead replica shows up through its units' refs
+                pending = self.pool.result(call)
+            except Exception:  # noqa: BLE001 - a dead replica shows up through its units' calls
                 pending = None
             rep.sequences_pending = pending if rep.units_sent == rep.load_units else None
             return
-        if ref in self._starting:
-            rep = self._starting[ref]
+        if call in self._starting:
+            rep = self._starting[call]
             try:
-                info = ray.get(ref)
+                info = self.pool.result(call)
             except Exception as exc:  # noqa: BLE001 - any failure to start: replace it
                 self._on_start_failure(rep, exc)
                 return
             self._start_failures = 0
             self._mark_ready(rep, info)
             return
-        if ref not in self._owner:  # already requeued with its replica
+        if call not in self._owner:  # already requeued with its replica
             return
-        rep, entry = self._owner.pop(ref)
-        self.accounting.settled(ref)
-        self._release(rep, ref)
+        rep, entry = self._owner.pop(call)
+        self.accounting.settled(call)
+        self._release(rep, call)
         try:
-            out = ray.get(ref)
+            out = self.pool.result(call)
         except Exception as exc:  # noqa: BLE001 - every failure kind is handled below
             self._on_failure(exc, rep, entry)
             return
@@ -360,10 +372,8 @@ class GenerationController:
 
     def _collect_requests(self, rep: Replica) -> dict[str, Any] | None:
         """Add `rep`'s engine requests to the run's count; its `stats()` (None if it is dead)."""
-        import ray
-
         try:
-            stats = ray.get(rep.handle.stats.remote(), timeout=10)
+            stats = self.pool.result(self.pool.call(rep, "stats"), timeout_s=10)
         except Exception:  # noqa: BLE001 - a dead replica's count is gone; nothing to add
             return None
         self.progress.engine_requests += stats["engine_requests"] - rep.requests_seen
@@ -373,16 +383,13 @@ class GenerationController:
     # -- supervision ---------------------------------------------------------------------------------
     def _started(self, rep: Replica) -> bool:
         """Whether `rep`'s engine has started (settling a start result the loop has not seen yet)."""
-        import ray
-
-        ref = next((r for r, x in self._starting.items() if x is rep), None)
-        if ref is None:
+        call = next((c for c, x in self._starting.items() if x is rep), None)
+        if call is None:
             return rep.ready_at is not None
-        done, _ = ray.wait([ref], timeout=0)
-        if not done:
+        if not self.pool.wait([call], timeout_s=0):
             return False
         try:
-            info = ray.get(ref)
+            info = self.pool.result(call)
         except Exception:  # noqa: BLE001 - it did not start
             return False
         self._start_failures = 0
@@ -391,7 +398,7 @@ class GenerationController:
 
     def _on_start_failure(self, rep: Replica, exc: Exception) -> None:
         """Replace a replica whose engine never started; its units never ran, so none is blamed."""
-        reason = rep.hung_reason or redact(_reason(exc))
+        reason = rep.hung_reason or redact(reason_of(exc))
         self._start_failures += 1
         if self._start_failures >= self.cfg.replicas.max_attempts:
             raise RuntimeError(f"replicas: {self._start_failures} replicas in a row failed to start (last: {reason}); "
@@ -404,7 +411,7 @@ class GenerationController:
     def _on_failure(self, exc: Exception, rep: Replica, entry: Entry) -> None:
         """Blame and requeue after a failed unit; replace its replica if the replica is dead or broken."""
         kind = _broken_kind(exc, rep)
-        reason = rep.hung_reason if kind == "hung" else redact(_reason(exc))
+        reason = rep.hung_reason if kind == "hung" else redact(reason_of(exc))
         log.warning("unit %s (%d prompts) failed on %s: %s", entry.unit.shard_id, len(entry.unit.prompts), rep.name, reason)
         if kind is None:  # the unit's own task raised: the replica is fine
             self._apply(entry, self.policy.on_failure(entry, reason, broken=False, alone=True))
@@ -422,21 +429,19 @@ class GenerationController:
 
     def _drain(self, rep: Replica) -> list[Entry]:
         """Settle a dying replica's other in-flight units: finished ones count, the rest are returned."""
-        import ray
-
-        refs = list(rep.inflight)
+        calls = list(rep.inflight)
         rep.inflight.clear()
         rep.exclusive = False
-        if not refs:
+        if not calls:
             return []
-        done, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+        done = set(self.pool.wait(calls, timeout_s=0))
         victims = []
-        for ref in refs:
-            _, entry = self._owner.pop(ref)
-            self.accounting.settled(ref)
-            if ref in done:
+        for call in calls:
+            _, entry = self._owner.pop(call)
+            self.accounting.settled(call)
+            if call in done:
                 try:
-                    out = ray.get(ref)
+                    out = self.pool.result(call)
                 except Exception:  # noqa: BLE001 - failed with its replica: a suspect like the rest
                     victims.append(entry)
                     continue
@@ -446,15 +451,13 @@ class GenerationController:
         return victims
 
     def _retire(self, rep: Replica, kind: str) -> None:
-        import ray
-
         if rep not in self._replicas:
             return
         stats = self._collect_requests(rep)
-        ray.kill(rep.handle)
+        self.pool.kill(rep)
         self.accounting.replica_ended(rep.name, stats)
         self._replicas.remove(rep)
-        self._starting = {ref: r for ref, r in self._starting.items() if r is not rep}
+        self._starting = {call: r for call, r in self._starting.items() if r is not rep}
         self.progress.replicas_replaced += 1
         self.progress.replaced_for[kind] = self.progress.replaced_for.get(kind, 0) + 1
 
@@ -484,35 +487,22 @@ class GenerationController:
                     self._kill_hung(rep, reason)
 
     def _kill_hung(self, rep: Replica, reason: str) -> None:
-        import ray
-
         log.warning("%s %s: replacing it", rep.name, reason)
         rep.hung_reason = reason
-        ray.kill(rep.handle)  # its in-flight refs now fail with RayActorError and are requeued as they surface
+        self.pool.kill(rep)  # its in-flight calls now fail with ReplicaLost and are requeued as they surface
         if not rep.inflight:
             self._retire(rep, "hung")
 
     _generation_s: float = 0.0  # first replica ready -> last shard committed (engine start excluded)
 
 
-def _reason(exc: BaseException) -> str:
-    """`Type: first line` of the error behind `exc` (a Ray task error's cause, not its traceback)."""
-    cause = getattr(exc, "cause", None) or exc
-    text = str(cause).strip()
-    return f"{type(cause).__name__}: {text.splitlines()[0] if text else ''}"
-
-
 def _broken_kind(exc: BaseException, rep: Replica) -> str | None:
     """Why the replica must be replaced (`hung`, `actor_died`, `engine_failure`), or None if it is fine."""
-    import ray
-
-    from potstill.pipelines.engines.protocol import EngineFailure
-
     if rep.hung_reason is not None:
         return "hung"
-    if isinstance(exc, ray.exceptions.RayActorError):
+    if isinstance(exc, ReplicaLost):
         return "actor_died"
-    if isinstance(exc, ray.exceptions.RayTaskError) and isinstance(exc.cause, EngineFailure):
+    if isinstance(exc, EngineFailure):
         return "engine_failure"
     return None
 

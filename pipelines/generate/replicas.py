@@ -2,7 +2,7 @@
 
     reason = missed_deadline(rep, time.monotonic(), cfg.replicas)   # None, or why it counts as hung
 
-Replicas are created by a factory (`potstill.cluster.replica_factory` on Ray);
+Replicas are created by the controller's pool (`pool.py`; on Ray, `potstill.cluster.ray_pool`);
 this module never talks to Ray.
 """
 
@@ -20,7 +20,8 @@ class Replica:
     """One replica actor as the controller tracks it."""
 
     name: str
-    handle: Any
+    handle: Any  # what the pool addresses it by (a Ray actor handle on Ray)
+    placement: Any = None  # resources the pool reserved for it (a Ray placement group), freed when it is killed
     inflight: dict = field(default_factory=dict)  # ObjectRef -> monotonic time it was dispatched
     exclusive: bool = False  # running a unit that must be alone
     created_at: float = field(default_factory=time.monotonic)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import typer
 
-from potstill.cli import demo, eval, gc, generate, inspect, teacher, train
+from potstill.cli import decontaminate, demo, eval, export, gc, generate, inspect, teacher, train
 
 app = typer.Typer(
     name="potstill",
@@ -22,6 +22,8 @@ app = typer.Typer(
 app.command("generate")(generate.generate)
 app.command("inspect")(inspect.inspect)
 app.command("gc")(gc.gc)
+app.command("export")(export.export)
+app.command("decontaminate")(decontaminate.decontaminate)
 app.command("train")(train.train)
 app.command("eval")(eval.eval_model)
 app.command("demo")(demo.demo)

@@ -30,7 +30,7 @@ from potstill.pipelines.output.commit import (  # noqa: E402
     MANIFEST, SUCCESS, RunNotFinishedError, read_commits, read_manifest,
 )
 from potstill.pipelines.generate.controller import GenerationController  # noqa: E402
-from potstill.pipelines.generate.replicas import ReplicaFactory  # noqa: E402
+from potstill.cluster.ray_pool import RayReplicaPool  # noqa: E402
 from potstill.pipelines.jobs.run_generation import run_generation  # noqa: E402
 from potstill.pipelines.ingest.prompts import IngestReport, iter_prompts  # noqa: E402
 from potstill.pipelines.generate.plan import iter_units  # noqa: E402
@@ -42,17 +42,18 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 
 
-class _ReuseFirst:
-    """A replica factory whose first replica is one already started."""
+class _ReuseFirst(RayReplicaPool):
+    """The Ray pool, except that its first replica is one already started."""
 
-    def __init__(self, factory: ReplicaFactory, first):
-        self.factory, self.first = factory, first
+    def __init__(self, cfg, uri, first):
+        super().__init__(cfg, uri)
+        self.first = first
 
     def create(self):
         if self.first is not None:
             rep, self.first = self.first, None
             return rep
-        return self.factory.create()
+        return super().create()
 
 
 def test_two_attempts_racing_to_commit_one_shard_commit_exactly_once(s3_server, ray_local, clean):
@@ -61,8 +62,8 @@ def test_two_attempts_racing_to_commit_one_shard_commit_exactly_once(s3_server, 
     storage = StorageConfig(endpoint_url=s3_server)
     uri = new_bucket(s3_server) + "/race"
     cfg = chaos_config(uri, "chaos-race", storage)
-    factory = ReplicaFactory(cfg, uri)
-    replica = factory.create()
+    pool = RayReplicaPool(cfg, uri)
+    replica = pool.create()
     ray.get(replica.handle.start.remote())
     unit = next(iter_units(iter_prompts(cfg.prompts, storage, IngestReport()), "chaos-race", PER_SHARD))
     # Two attempts of one shard generate, write and commit at the same time (as after a false hang verdict).
@@ -71,7 +72,7 @@ def test_two_attempts_racing_to_commit_one_shard_commit_exactly_once(s3_server, 
     store = Storage(uri, storage)
     assert store.list("commits") == [f"commits/{unit.shard_id}.json"]
     assert store.list(f"data/{unit.shard_id}") == [first.data_path]  # the loser deleted its own object
-    summary = GenerationController(cfg, uri).run(factory=_ReuseFirst(factory, replica))
+    summary = GenerationController(cfg, uri).run(_ReuseFirst(cfg, uri, replica))
     assert summary["shards_skipped"] == 1 and summary["shards"] == SHARDS
     run = finished(uri, storage, summary)
     assert run.manifest.shards[0].data_path == first.data_path
