@@ -101,7 +101,8 @@ class SimulatedPool:
         self.created += 1
         engine = ScriptedEngine(self.script)
         runner = UnitRunner(engine, self._judge, self.cfg.sampling, self.cfg.verify)
-        return Replica(f"replica-{self.created}", _SimReplica(self.created, runner, self.speed(self.created)))
+        return Replica(f"replica-{self.created}", _SimReplica(self.created, runner, self.speed(self.created)),
+                       gpus=self.cfg.replicas.gpus_per_replica or 0.0, cpus=self.cfg.replicas.cpus_per_replica)
 
     def call(self, rep: Replica, method: str, *args: Any) -> int:
         sim: _SimReplica = rep.handle
