@@ -18,6 +18,8 @@ from potstill.cli.common import console, fail, print_json, reserve_stdout_for_js
 def _usd(value: float | None) -> str:
     if value is None:
         return "n/a"
+    if abs(value) < 0.01:
+        return f"${value:,.6f}"
     return f"${value:,.4f}" if abs(value) < 100 else f"${value:,.2f}"
 
 
@@ -127,7 +129,8 @@ def estimate_lines(e: dict[str, Any]) -> list[str]:
         f"estimated output {e['output_tokens']:,} tokens (+{e['prompt_tokens']:,} prompt tokens) · "
         f"{e['samples_per_prompt']:.2f} samples per prompt"
         + (f" · {e['accepted_per_prompt']:.2f} accepted" if e["accepted_per_prompt"] is not None else "")
-        + (f" (measured on {e['sampled_prompts']} prompts, which cost {_usd(e['sample_usd'])})" if e["sampled_prompts"] else ""),
+        + (f" (measured on {e['sampled_prompts']} prompts" + (f", which cost {_usd(e['sample_usd'])}" if e["sample_usd"] else "")
+           + ")" if e["sampled_prompts"] else ""),
         f"replicas planned {e['replicas']} x {e['gpus_per_replica']:g} GPU · time {hours}"
         + (f" (bound: {e['limited_by']})" if e["limited_by"] else "")
         + (f" · {e['tokens_per_s_per_replica']:,.0f} tokens/s per replica" if e["tokens_per_s_per_replica"] else ""),
