@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import typer
 
-from potstill.cli import decontaminate, demo, eval, export, gc, generate, inspect, teacher, train
+from potstill.cli import decontaminate, demo, eval, export, gc, generate, inspect, logs, stop, submit, teacher, train
 
 app = typer.Typer(
     name="potstill",
@@ -27,6 +27,9 @@ app.command("decontaminate")(decontaminate.decontaminate)
 app.command("train")(train.train)
 app.command("eval")(eval.eval_model)
 app.command("demo")(demo.demo)
+app.command("submit")(submit.submit)
+app.command("logs")(logs.logs)
+app.command("stop")(stop.stop)
 app.add_typer(teacher.app, name="teacher")
 
 
