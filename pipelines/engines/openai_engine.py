@@ -25,6 +25,7 @@ scrubbed from any server message that echoes it.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import random
@@ -88,14 +89,13 @@ class OpenAIEngine:
         self._prompt_chars = 0
 
     async def start(self) -> None:
-        import httpx
+        import aiohttp  # vLLM and ray[default] both depend on it
 
         self._key = read_api_key(self.api)
         headers = {"Authorization": f"Bearer {self._key}"} if self._key else {}
-        connections = self.limits.max_concurrency
-        self._client = httpx.AsyncClient(
-            headers=headers, timeout=httpx.Timeout(self.api.timeout_s, connect=min(30.0, self.api.timeout_s)),
-            limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections))
+        self._client = aiohttp.ClientSession(
+            headers=headers, connector=aiohttp.TCPConnector(limit=self.limits.max_concurrency),
+            timeout=aiohttp.ClientTimeout(total=self.api.timeout_s, connect=min(30.0, self.api.timeout_s)))
         await self._probe()
 
     async def _probe(self) -> None:
@@ -150,7 +150,7 @@ class OpenAIEngine:
     async def _post(self, body: dict[str, Any], messages: list[dict[str, str]], n: int,
                     retries: int | None = None) -> dict[str, Any]:
         """POST one request through the budgets, retrying what is transient; the response JSON."""
-        import httpx
+        import aiohttp
 
         retries = self.api.max_retries if retries is None else retries
         last = "no attempt"
@@ -159,25 +159,26 @@ class OpenAIEngine:
             async with self.limiter.request(self._expected_tokens(messages, n)) as permit:
                 self.http_requests += 1
                 try:
-                    response = await self._client.post(self.url, json=body)
-                except (httpx.TimeoutException, httpx.TransportError) as exc:
+                    async with self._client.post(self.url, json=body) as response:
+                        status, payload, headers = response.status, await response.read(), dict(response.headers)
+                except (aiohttp.ClientError, asyncio.TimeoutError) as exc:  # refused, dropped, timed out
                     last = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
                 else:
-                    if response.status_code == 200:
-                        data = response.json()
+                    if status == 200:
+                        data = json.loads(payload)
                         usage = data.get("usage") or {}
                         used = int(usage.get("prompt_tokens") or 0) + int(usage.get("completion_tokens") or 0)
                         permit.settle(used)
                         self._account(data, messages)
                         return data
                     permit.settle(0)  # rejected requests use no tokens
-                    last = self._scrub(error_text(response.status_code, response.content))
-                    kind = status_kind(response.status_code)
+                    last = self._scrub(error_text(status, payload))
+                    kind = status_kind(status)
                     if kind == "refused":
                         raise RequestRefused(last)
                     if kind == "broken":
                         raise EngineFailure(f"{self.url}: {last}")
-                    delay = retry_after_s(dict(response.headers))
+                    delay = retry_after_s(headers)
                     if kind == "rate_limited":
                         self.rate_limited += 1
                         self.limiter.hold(delay if delay is not None else backoff_s(attempt, self._rng.random()))
@@ -205,7 +206,7 @@ class OpenAIEngine:
 
     async def shutdown(self) -> None:
         if self._client is not None:
-            await self._client.aclose()
+            await self._client.close()
             self._client = None
 
 

@@ -22,7 +22,7 @@ from potstill.pipelines.output.storage import scrub
 
 LEVEL_ENV = "POTSTILL_LOG_LEVEL"
 _SECRET_NAME = re.compile(r"(API_?KEY|ACCESS_KEY|SECRET_KEY|SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIALS?)$", re.I)
-_CHATTY = ("botocore", "aiobotocore", "s3fs", "fsspec", "urllib3", "httpx", "httpcore")
+_CHATTY = ("botocore", "aiobotocore", "s3fs", "fsspec", "urllib3")
 _MIN_SECRET_LEN = 6  # shorter values ("1", "true") would blank out ordinary text
 
 
