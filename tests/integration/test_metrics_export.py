@@ -50,7 +50,8 @@ class RayHead:
     def __enter__(self) -> "RayHead":
         cmd = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", f"--port={self.gcs_port}",
                f"--metrics-export-port={self.metrics_port}", f"--dashboard-agent-listen-port={free_port()}",
-               f"--ray-client-server-port={free_port()}", f"--temp-dir={self.temp_dir}", "--num-cpus=2",
+               f"--ray-client-server-port={free_port()}", f"--dashboard-port={free_port()}",
+               f"--temp-dir={self.temp_dir}", "--num-cpus=2",
                "--include-dashboard=false", '--system-config={"metrics_report_interval_ms": 1000}']
         self.log = open(Path(self.temp_dir) / "head.log", "wb")
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=self.env,
