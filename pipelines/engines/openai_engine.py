@@ -106,7 +106,8 @@ class OpenAIEngine:
         try:
             data = await self._post(body, messages, n, retries=PROBE_RETRIES)
         except (RequestRefused, EngineFailure) as exc:
-            raise EngineFailure(f"{self.url} refused the start probe for model {self.model_name!r}: {exc}") from None
+            reason = str(exc).removeprefix(f"{self.url}: ")  # the URL leads the message once
+            raise EngineFailure(f"{self.url} refused the start probe for model {self.model_name!r}: {reason}") from None
         choices = data.get("choices") or []
         if len(choices) < n:
             raise EngineFailure(f"teacher.api.supports_n: {self.url} returned {len(choices)} choice(s) for n={n}; "

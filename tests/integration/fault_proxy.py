@@ -8,14 +8,20 @@
     with FaultProxy(api_url, fail_rate=0.3, fail_status=429, fail_headers={"Retry-After": "1"}) as proxy:
         ...                                                 # an API that rate-limits 30% of requests
 
-Per request, in this order: with probability `drop_rate` the connection is
-closed without an answer (nothing reaches S3); with `fail_rate` it is answered
-503 with an S3 `SlowDown`/`ServiceUnavailable` error (nothing reaches S3);
-otherwise it is forwarded. The failure's status is 503 with an S3 error
-body, or `fail_status` with `fail_headers` and a JSON error body (an API's
-429 and Retry-After). `corrupt_puts(key) -> bool` picks successful
-object PUTs whose stored bytes are then altered in place (same size, one byte
-flipped) before the client hears back: corruption at rest, after writing.
+    with FaultProxy(api_url, dead_after=9) as proxy:       # 9 requests get through, then every one is dropped
+        ...
+        proxy.dead_after = None                             # until the endpoint comes back
+
+Per request, in this order: once `dead_after` requests have arrived (None:
+never) every later one is dropped, as by an endpoint that went down; with
+probability `drop_rate` the connection is closed without an answer (nothing
+reaches S3); with `fail_rate` it is answered 503 with an S3
+`SlowDown`/`ServiceUnavailable` error (nothing reaches S3); otherwise it is
+forwarded. The failure's status is 503 with an S3 error body, or
+`fail_status` with `fail_headers` and a JSON error body (an API's 429 and
+Retry-After). `corrupt_puts(key) -> bool` picks successful object PUTs whose
+stored bytes are then altered in place (same size, one byte flipped) before
+the client hears back: corruption at rest, after writing.
 Counts, the corrupted keys and every request's arrival (monotonic time and
 what it was answered with) are kept on the proxy for assertions.
 """
@@ -42,11 +48,12 @@ class FaultProxy:
 
     def __init__(self, upstream: str, *, fail_rate: float = 0.0, drop_rate: float = 0.0, seed: int = 0,
                  corrupt_puts: Callable[[str], bool] | None = None, fail_status: int = 503,
-                 fail_headers: dict[str, str] | None = None):
+                 fail_headers: dict[str, str] | None = None, dead_after: int | None = None):
         parsed = urllib.parse.urlsplit(upstream)
         self.upstream_host, self.upstream_port = parsed.hostname or "127.0.0.1", parsed.port or 80
         self.upstream = upstream
         self.fail_rate, self.drop_rate = fail_rate, drop_rate
+        self.dead_after = dead_after
         self.corrupt_puts = corrupt_puts
         self.fail_status, self.fail_headers = fail_status, dict(fail_headers or {})
         self.arrivals: list[tuple[float, str]] = []  # (time.monotonic(), 'drop' | 'fail' | 'forward') per request
@@ -76,7 +83,7 @@ class FaultProxy:
         with self._lock:
             self.requests += 1
             roll = self._rng.random()
-            if roll < self.drop_rate:
+            if (self.dead_after is not None and self.requests > self.dead_after) or roll < self.drop_rate:
                 self.dropped += 1
                 action = "drop"
             elif roll < self.drop_rate + self.fail_rate:
