@@ -2,15 +2,16 @@
 real Ray replicas holding the `openai` engine, real Parquet commits.
 
 One server serves every test here (the session fixture `vllm_server`). The
-same 100 arithmetic prompts x 4 go once through vLLM replica actors and once
-through the API; the API run must commit with the same invariants and verify
-within 5 points of the actor run. A proxy then answers 30% of requests with
-429 + Retry-After under an RPM budget.
+same 100 arithmetic prompts x 4 go once through vLLM replica actors (priced
+per CPU-hour) and once through the API; the API run must commit with the same
+invariants and verify within 5 points of the actor run. A proxy then answers
+30% of requests with 429 + Retry-After under an RPM budget, and another goes
+dead mid-run. Both runs' reports and both kinds of dry run are checked
+against what the runs really did.
 """
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -33,6 +34,7 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 N, COUNT, PER_SHARD = 4, 100, 25
 PRICE = {"input_usd_per_million": 0.55, "output_usd_per_million": 2.19}
+CPU_HOUR_USD = 0.05  # the actor run's replicas are charged for their life, per reserved CPU
 COLUMNS = ["prompt_id", "sample_index", "verified", "completion_tokens", "completion_token_ids", "topk_ids",
            "finish_reason", "reasoning", "teacher_model"]
 
@@ -80,11 +82,26 @@ def assert_committed_exactly_once(uri: str, prompts: int, n: int) -> list[dict]:
     return rows
 
 
+def actor_config(out: str) -> GenerationConfig:
+    """The reference run: vLLM engines in replica actors, each charged CPU_HOUR_USD per reserved CPU-hour."""
+    return config(out, "actor", base_url=None, replicas={"price": {"usd_per_cpu_hour": CPU_HOUR_USD}})
+
+
+def dry_run_json(cfg: GenerationConfig, tmp_path: Path) -> dict:
+    """`potstill generate CONFIG --dry-run --sample 16 --json` in its own process; its one JSON object."""
+    path = tmp_path / f"{cfg.run_id}.yaml"
+    path.write_text(cfg.model_dump_json())
+    proc = subprocess.run([sys.executable, "-m", "potstill.cli", "generate", str(path), "--dry-run", "--sample", "16",
+                           "--json"], capture_output=True, text=True, timeout=900, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return last_json_line(proc.stdout)
+
+
 @pytest.fixture(scope="module")
 def actor_run(vllm_server_booting, ray_local, tmp_path_factory):
     """The reference: the same prompts through vLLM engines in replica actors (while the API server boots)."""
     out = str(tmp_path_factory.mktemp("actor-run") / "out")
-    summary = run_generation(config(out, "actor", base_url=None))
+    summary = run_generation(actor_config(out))
     return out, summary
 
 
@@ -200,13 +217,7 @@ def test_a_budget_below_the_runs_cost_stops_within_one_unit_and_a_larger_one_com
 
 def test_the_dry_run_estimates_output_tokens_and_dollars_within_25_percent(api_run, vllm_server, tmp_path):
     out, _ = api_run
-    cfg = json.loads(config(str(tmp_path / "never-written"), "dry", base_url=vllm_server.base_url).model_dump_json())
-    path = tmp_path / "api.yaml"
-    path.write_text(json.dumps(cfg))
-    proc = subprocess.run([sys.executable, "-m", "potstill.cli", "generate", str(path), "--dry-run", "--sample", "16",
-                           "--json"], capture_output=True, text=True, timeout=600, cwd=REPO)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    estimate = last_json_line(proc.stdout)
+    estimate = dry_run_json(config(str(tmp_path / "never-written"), "dry", base_url=vllm_server.base_url), tmp_path)
     actual = RunReport.model_validate_json((Path(out) / "report.json").read_text())
     manifest = read_manifest(out)
     assert estimate["prompts"] == COUNT and estimate["shards"] == COUNT // PER_SHARD and estimate["sampled_prompts"] == 16
@@ -215,3 +226,61 @@ def test_the_dry_run_estimates_output_tokens_and_dollars_within_25_percent(api_r
     assert abs(estimate["output_tokens"] - manifest.totals.completion_tokens) <= 0.25 * manifest.totals.completion_tokens
     assert abs(estimate["usd"] - actual.spent_usd) <= 0.25 * actual.spent_usd
     assert not (tmp_path / "never-written").exists()
+
+
+def test_self_hosted_replicas_are_charged_for_their_life_and_the_dry_run_measures_the_teacher_in_process(
+        actor_run, tmp_path):
+    out, summary = actor_run
+    report = RunReport.model_validate_json((Path(out) / "report.json").read_text())
+    manifest = read_manifest(out)
+    cost = report.total
+    replicas = report.invocations[0].cost.replicas
+    assert replicas and all(r.gpus == 0 and r.cpus == 1 and r.lifetime_s >= r.working_s > 0 for r in replicas)
+    replica_s = sum(r.lifetime_s * r.cpus for r in replicas)
+    # Each replica's whole life (engine start included) at the CPU-hour price, charged to the samples it produced.
+    assert cost.usd_total == pytest.approx(replica_s / 3600 * CPU_HOUR_USD)
+    assert cost.cpu_hours == pytest.approx(replica_s / 3600) and cost.gpu_hours == 0
+    assert cost.usd_by_kind.total == pytest.approx(cost.usd_total) and cost.usd_by_kind.accepted > 0
+    assert cost.accepted_traces == manifest.totals.accepted_samples > 0
+    assert cost.usd_per_accepted_trace == pytest.approx(cost.usd_total / cost.accepted_traces)
+    assert summary["cost"]["spent_usd"] == pytest.approx(report.spent_usd)
+
+    # The dry run starts the same vLLM engine in its own process, runs 16 prompts and scales them to the run.
+    estimate = dry_run_json(actor_config(str(tmp_path / "never-written")), tmp_path)
+    assert estimate["prompts"] == COUNT and estimate["sampled_prompts"] == 16 and estimate["gpus_per_replica"] == 0
+    assert estimate["limited_by"].startswith("throughput") and estimate["hours"] > 0
+    assert estimate["usd"] == pytest.approx(estimate["hours"] * estimate["replicas"] * CPU_HOUR_USD)
+    print(f"MEASURED self-hosted dry run: {estimate['output_tokens']} output tokens, {estimate['hours'] * 3600:.1f} "
+          f"replica-seconds and ${estimate['usd']:.6f} estimated; the actor run: {manifest.totals.completion_tokens} "
+          f"tokens, {replica_s:.1f} replica-seconds, ${cost.usd_total:.6f}")
+    assert abs(estimate["output_tokens"] - manifest.totals.completion_tokens) <= 0.25 * manifest.totals.completion_tokens
+    # Its dollars are replica time, measured on this shared machine: printed above, not asserted (a timed figure).
+    assert not (tmp_path / "never-written").exists()
+
+
+def test_a_dead_endpoint_stops_the_run_with_its_reason_and_a_rerun_completes_it_exactly_once(ray_local, vllm_server,
+                                                                                           tmp_path):
+    count, n, per_shard = 16, 2, 4
+    # One replica, one unit at a time, one request per prompt: the start probe and two units get through.
+    with FaultProxy(vllm_server.base_url.removesuffix("/v1"), dead_after=1 + 2 * per_shard) as proxy:
+        out = str(tmp_path / "out")
+        cfg = config(out, "dead", base_url=f"{proxy.url}/v1", count=count, n=n, per_shard=per_shard,
+                     api={"max_retries": 1}, replicas={"units_in_flight": 1, "min_sequences_in_flight": None})
+        with pytest.raises(Exception) as failure:
+            run_generation(cfg)
+        message = str(failure.value)
+        print(f"MEASURED dead endpoint: {proxy.requests} requests ({proxy.dropped} dropped); the run failed with: "
+              f"{message.strip().splitlines()[-1][:400]}")
+        assert "3 replicas in a row failed to start" in message and "start probe" in message and proxy.url in message
+        commits = Path(out) / "commits"
+        before = {p.name: p.read_bytes() for p in commits.glob("*.json")}
+        assert len(before) == 2 and not (Path(out) / "_SUCCESS").exists()
+
+        proxy.dead_after = None  # the endpoint is back
+        second = run_generation(cfg)
+    assert second["status"] == "complete" and second["shards_skipped"] == 2 and second["failed_prompts"] == 0
+    assert second["engine_requests"] == count - 2 * per_shard  # nothing committed was asked again
+    assert {p.name: p.read_bytes() for p in commits.glob("*.json") if p.name in before} == before
+    assert_committed_exactly_once(out, count, n)
+    report = RunReport.model_validate_json((Path(out) / "report.json").read_text())
+    assert [i.status for i in report.invocations] == ["failed", "complete"]
