@@ -9,7 +9,7 @@ series are `ray_potstill_tokens_generated_total`, `ray_potstill_traces_total`,
 replica's own). Replicas record tokens, traces and request latency
 (`ReplicaMetrics`, with `MeteredEngine` timing each engine request); the
 controller actor records the pool, the queue and the spend (`PoolMetrics`,
-the controller's `RunObserver`). docs/grafana/potstill.json charts them.
+the controller's `RunObserver`). docs/grafana/potstill-generation.json charts them.
 """
 
 from __future__ import annotations

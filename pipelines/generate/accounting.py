@@ -2,10 +2,10 @@
 
     accounting = RunAccounting(cfg, storage, run_id, observer)      # reads earlier invocations' spend
     accounting.replica_added(name, gpus, cpus) ... replica_ready(name) ... replica_ended(name, stats)
-    if accounting.may_dispatch(key, unit): send(unit)               # budget.max_usd
+    if accounting.may_dispatch(unit): key = send(unit); accounting.dispatched(key, unit)   # budget.max_usd
     accounting.settled(key); accounting.credit(name, result_stats)  # a result came back from replica `name`
     accounting.tick(live=2, pending=1, queued=14)                   # metrics gauges; reports/<id>.json now and then
-    report = accounting.finish("complete", generation_s=...)        # reports/<id>.json and report.json
+    accounting.generation_s = seconds; report = accounting.finish("complete")   # reports/<id>.json and report.json
 
 The controller calls these from its loop; the pure parts are `cost.CostLedger`
 (who is charged what) and `budget.BudgetGuard` (may one more unit go). Each
