@@ -10,7 +10,8 @@ actor instead of a second controller. `run()` is idempotent: the first call
 works, later calls (attached drivers) wait for the same summary. A threaded
 actor: `run()` holds one thread, queries take others. A detached controller
 (`potstill generate --detach`) stays `linger_s` after the run ends, so
-`status` and attaching drivers still get the summary, then exits.
+`status` and attaching drivers still get the summary, then exits. The pool's gauges
+(replicas, queue depth, spend) go to Prometheus through `PoolMetrics`.
 """
 
 from __future__ import annotations
@@ -34,9 +35,11 @@ class ControllerActor:
     def __init__(self, config_json: str, out_uri: str, owner: str, detached: bool = False, linger_s: float = LINGER_S):
         from potstill.pipelines.observe.redact import configure_logging
 
+        from potstill.actors.metrics import PoolMetrics
+
         self.cfg = GenerationConfig.model_validate_json(config_json)
         configure_logging(self.cfg.model_dump())  # level from POTSTILL_LOG_LEVEL; credentials redacted from every record
-        self.controller = GenerationController(self.cfg, out_uri)
+        self.controller = GenerationController(self.cfg, out_uri, observer=PoolMetrics(self.cfg.resolved_run_id()))
         self.owner, self.detached, self.linger_s = owner, detached, linger_s
         self._started = threading.Lock()
         self._done = threading.Event()

@@ -90,7 +90,7 @@ class RayReplicaPool:
             options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
                 placement_group=pg, placement_group_bundle_index=0, placement_group_capture_child_tasks=True)
         handle = self.actor_cls.options(**options).remote(self.config_json, self.out_uri, name, self.engine_kwargs)
-        return Replica(name, handle, placement=pg)
+        return Replica(name, handle, placement=pg, gpus=self.plan.gpus, cpus=self.plan.cpus)
 
     def call(self, rep: Replica, method: str, *args: Any) -> Call:
         return getattr(rep.handle, method).remote(*args)

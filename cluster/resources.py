@@ -15,6 +15,7 @@ autoscaler gets the exact bundles to provide:
   places one worker per bundle (`distributed_executor_backend: ray`);
 - pipeline parallelism P: N x P bundles, PACK (stages may span nodes).
 
+An API teacher's replicas (engine openai, HTTP clients) never take a GPU.
 A replica that asks for nothing (cpus_per_replica 0 on a CPU cluster) needs
 no group. Nothing here talks to Ray, so CPU tests assert the wiring for GPU
 clusters.
@@ -55,12 +56,24 @@ class ReplicaResources:
         where = {"STRICT_PACK": "packed on one node", "PACK": "packed where possible"}.get(self.strategy, self.strategy)
         return " + ".join(parts) + f" {where}"
 
+    @property
+    def gpus(self) -> float:
+        """GPUs one replica holds (its actor's, or its placement group's)."""
+        return sum(b.get("GPU", 0.0) for b in self.bundles) if self.bundles else float(self.actor_options.get("num_gpus", 0))
+
+    @property
+    def cpus(self) -> float:
+        """CPUs one replica reserves (its actor's, or its placement group's)."""
+        return sum(b.get("CPU", 0.0) for b in self.bundles) if self.bundles else float(self.actor_options.get("num_cpus", 0))
+
 
 def replica_plan(teacher: TeacherConfig, replicas: ReplicasConfig, cluster_gpus: float) -> ReplicaResources:
     """Actor options and placement group bundles of one replica."""
     workers = teacher.tensor_parallel_size * teacher.pipeline_parallel_size
     gpus = replicas.gpus_per_replica
-    if gpus is None:
+    if teacher.engine == "openai":
+        gpus = 0.0
+    elif gpus is None:
         gpus = float(workers) if cluster_gpus > 0 else 0.0
     if gpus and cluster_gpus and gpus > cluster_gpus:
         raise ValueError(

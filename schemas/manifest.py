@@ -25,6 +25,15 @@ class ShardStats(StrictModel):
     samples_drawn: int = Field(default=0, description="All samples generated, including those rejection sampling discarded.")
     prompt_tokens: int = Field(default=0, description="Sum of prompt tokens over requests sent.")
     completion_tokens: int = Field(default=0, description="Sum of completion tokens over all samples drawn.")
+    # The split the run report charges costs by (pipelines/generate/cost.py). Rejected = drawn - accepted - truncated.
+    accepted_samples: int = Field(default=0, description="Samples drawn that the verifier accepted (or that no verifier judged), whether or not they were kept.")
+    accepted_tokens: int = Field(default=0, description="Completion tokens of accepted_samples.")
+    truncated_samples: int = Field(default=0, description="Samples drawn that hit the token budget (finish_reason length) and were not accepted.")
+    truncated_tokens: int = Field(default=0, description="Completion tokens of truncated_samples.")
+    resampled_samples: int = Field(default=0, description="Samples drawn by rejection sampling's re-asks (every request of a prompt after its first).")
+    resampled_accepted: int = Field(default=0, description="Accepted samples among resampled_samples.")
+    resampled_prompt_tokens: int = Field(default=0, description="Prompt tokens of the re-ask requests.")
+    resampled_completion_tokens: int = Field(default=0, description="Completion tokens of resampled_samples.")
 
     def __add__(self, other: "ShardStats") -> "ShardStats":
         return ShardStats(**{k: getattr(self, k) + getattr(other, k) for k in ShardStats.model_fields})

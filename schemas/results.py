@@ -10,7 +10,7 @@ users' tools read the fields, never dict keys.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -63,7 +63,7 @@ class GenerationStatus(StrictModel):
 
     run_id: str = Field(description="The run.")
     out: str = Field(default="", description="Output root.")
-    phase: Literal["planning", "generating", "finalizing", "done", "failed"] = Field(default="planning", description="Where the run is.")
+    phase: Literal["planning", "generating", "finalizing", "done", "stopped", "failed"] = Field(default="planning", description="Where the run is.")
     error: str | None = Field(default=None, description="Why the run failed (phase failed).")
     prompts_total: int = Field(default=0, description="Prompts planned.")
     prompts_done: int = Field(default=0, description="Prompts in committed shards.")
@@ -89,6 +89,7 @@ class GenerationStatus(StrictModel):
     units_retried: int = Field(default=0, description="Units requeued after a blamed failure.")
     units_requeued: int = Field(default=0, description="Units requeued without blame (node drained or lost, suspect of a hang).")
     units_split: int = Field(default=0, description="Units split to isolate a poison prompt.")
+    spent_usd: float = Field(default=0.0, description="Dollars spent so far by this invocation (replica time and API tokens at the configured prices).")
     engine_requests: int = Field(default=0, description="Engine requests of retired replicas so far (complete in the summary).")
     totals: ShardStats = Field(default_factory=ShardStats, description="Counts over the shards committed by this controller.")
     elapsed_s: float = Field(default=0.0, description="Seconds since the controller started.")
@@ -132,6 +133,9 @@ class GenerationSummary(StrictModel):
     controller_peak_rss_mb: float = Field(default=0.0, description="Peak resident memory of the controller process.")
     driver_peak_rss_mb: float | None = Field(default=None, description="Peak resident memory of the driver (set by the driver).")
     attached: bool = Field(default=False, description="This driver attached to a controller another driver started.")
+    status: str = Field(default="complete", description="complete, or budget_exhausted (stopped at budget.max_usd; committed shards stay, unfinalized).")
+    cost: dict[str, Any] | None = Field(default=None, description="The run report's cost headline (report.json: this invocation and the whole run).")
+    report: str | None = Field(default=None, description="Where the run report (report.json) is.")
 
     @property
     def tokens_per_s(self) -> float:

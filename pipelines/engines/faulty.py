@@ -18,10 +18,11 @@ it runs.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from potstill.pipelines.engines.protocol import EngineFailure, Generation, TeacherEngine
 from potstill.schemas.generation import FaultRule, FaultsConfig, OutputConfig
@@ -75,6 +76,13 @@ class FaultPlan:
         return None
 
 
+def _prompt_key(prompt: Any) -> Any:
+    """A hashable key of an encoded prompt: token ids (vLLM) or a conversation (an API engine)."""
+    if prompt and all(isinstance(t, int) for t in prompt):
+        return tuple(prompt)
+    return json.dumps(prompt, sort_keys=True)
+
+
 def _kill_engine_processes() -> int:
     """SIGKILL this process's children (an engine's core and workers), wait for them; how many were killed."""
     import psutil
@@ -100,7 +108,7 @@ class FaultyEngine:
         self.plan = plan
         self.model_name = inner.model_name
         self.revision = inner.revision
-        self._marked: dict[tuple[int, ...], str] = {}  # token ids of prompts some rule matches -> their text
+        self._marked: dict[Any, str] = {}  # encoded prompts some rule matches -> their text
 
     @property
     def batch_capacity(self) -> int | None:
@@ -109,17 +117,16 @@ class FaultyEngine:
     async def start(self) -> None:
         await self.inner.start()
 
-    def encode_chats(self, conversations: list[list[dict[str, str]]]) -> list[list[int] | Exception]:
+    def encode_chats(self, conversations: list[list[dict[str, str]]]) -> list[Any | Exception]:
         encoded = self.inner.encode_chats(conversations)
-        for messages, ids in zip(conversations, encoded):
+        for messages, prompt in zip(conversations, encoded):
             text = prompt_text(messages)
-            if not isinstance(ids, Exception) and self.plan.matching(text, ENGINE_ACTIONS):
-                self._marked[tuple(ids)] = text
+            if not isinstance(prompt, Exception) and self.plan.matching(text, ENGINE_ACTIONS):
+                self._marked[_prompt_key(prompt)] = text
         return encoded
 
-    async def generate(self, prompt_token_ids: list[int], n: int, request_id: str,
-                       max_tokens: int | None = None) -> Generation:
-        text = self._marked.get(tuple(prompt_token_ids))
+    async def generate(self, prompt: Any, n: int, request_id: str, max_tokens: int | None = None) -> Generation:
+        text = self._marked.get(_prompt_key(prompt))
         rule = self.plan.firing(text, ENGINE_ACTIONS) if text is not None else None
         if rule is not None:
             log.warning("fault injection: %s on request %s", rule.action, request_id)
@@ -141,7 +148,7 @@ class FaultyEngine:
                 # Let the engine's own monitor notice first, as it would have long before a real request arrived;
                 # the request below then meets the dead engine and raises the engine's own error.
                 await asyncio.sleep(_NOTICE_S)
-        return await self.inner.generate(prompt_token_ids, n, request_id, max_tokens)
+        return await self.inner.generate(prompt, n, request_id, max_tokens)
 
     async def shutdown(self) -> None:
         await self.inner.shutdown()

@@ -27,6 +27,9 @@ is split so a poison prompt runs alone, and when a prompt is recorded as
 failed. A lost node, a drain deadline or a hang of a unit that merely ran
 alone never blames a prompt. Sub-unit results are the one case where rows
 pass through here: the controller commits their merged shard itself.
+Cost, `budget.max_usd` and the pool's metrics go through `RunAccounting`
+(`accounting.py`), called from the loop: every replica's life, every result
+by the replica that produced it, and a budget check before each dispatch.
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ from datetime import datetime, timezone
 from typing import Any
 
 from potstill.pipelines.engines.protocol import EngineFailure
+from potstill.pipelines.generate.accounting import RUN_REPORT, RunAccounting, RunObserver
+from potstill.pipelines.generate.accounting import summary_of as cost_summary_of
 from potstill.pipelines.generate.autoscale import Autoscaler, PoolView, clamp, drain_order
 from potstill.pipelines.generate.plan import RunPlan, iter_units, plan_run
 from potstill.pipelines.generate.pool import ReplicaLost, ReplicaPool, reason_of
@@ -53,13 +58,13 @@ from potstill.pipelines.generate.supervision import Entry, FailurePolicy, Split,
 from potstill.pipelines.generate.unit_runner import UnitResult
 from potstill.pipelines.ingest.prompts import IngestReport, iter_prompts
 from potstill.pipelines.observe.redact import redact
-from potstill.pipelines.output.commit import committed_shard_ids, finalize_run
+from potstill.pipelines.output.commit import committed_shard_ids, finalize_run, read_commits
 from potstill.pipelines.output.run_record import open_run
 from potstill.pipelines.output.scaling_record import ScalingRecorder
 from potstill.pipelines.output.shard_output import persist_unit
 from potstill.pipelines.output.storage import Storage
 from potstill.schemas.generation import GenerationConfig
-from potstill.schemas.manifest import ShardCommit
+from potstill.schemas.manifest import ShardCommit, ShardStats
 from potstill.schemas.results import GenerationStatus, GenerationSummary, ReplicaInfo, ScaleBounds, ScaleResult
 
 __all__ = ["GenerationController", "Progress", "peak_rss_mb"]
@@ -89,8 +94,9 @@ class _Waiting:
 class GenerationController:
     """Plans, schedules, scales, supervises and finalizes one generation run."""
 
-    def __init__(self, cfg: GenerationConfig, out_uri: str):
+    def __init__(self, cfg: GenerationConfig, out_uri: str, observer: RunObserver | None = None):
         self.cfg = cfg
+        self.observer = observer  # the pool's live metrics (Prometheus gauges on Ray)
         self.run_id = cfg.resolved_run_id()
         self.out_uri = out_uri
         self.storage = Storage(out_uri, cfg.output.storage)
@@ -135,6 +141,8 @@ class GenerationController:
         self.history: PoolHistory | None = None
         self._recorder: ScalingRecorder | None = None
         self._retired: list[ReplicaInfo] = []  # every replica that left, as it left (the summary lists them)
+        self._units_undrawn = 0  # units of the plan not yet taken from the source (the queue's depth, with _retry)
+        self.accounting: RunAccounting | None = None
 
     # -- public, called through the actor -------------------------------------------------
     def status(self) -> GenerationStatus:
@@ -203,19 +211,36 @@ class GenerationController:
         p.prompts_done = sum(n for s, n in zip(plan.shard_ids, plan.shard_sizes) if s in committed)
         self._prompts_left = p.prompts_total - p.prompts_done
         self._shards_left = len(todo)
+        self.accounting = RunAccounting(self.cfg, self.storage, self.run_id, self.observer, clock=pool.now)
         if todo:
             p.phase = "generating"
-            self._generate(plan, set(todo), pool)
+            try:
+                self._generate(plan, set(todo), pool)
+            except BaseException:
+                self.accounting.finish("failed")  # its spend counts against the next invocation's budget
+                raise
         self._recorder.save(self.history.samples, final=True)
-        if not finalize:
-            p.phase = "done"
-            return summary_of(self, None, report, peak_rss_mb())
-        p.phase = "finalizing"
-        manifest = finalize_run(self.storage, self.run_id, self.cfg.fingerprint(), self.cfg.teacher.model,
-                                self.record.teacher_revision, plan.shard_ids, plan_hash=plan.plan_hash,
-                                scaling=self._recorder.attempts())
-        p.phase = "done"
-        return summary_of(self, manifest, report, peak_rss_mb())
+        status = "budget_exhausted" if self.accounting.budget_stopped else "complete"
+        manifest = None
+        if status == "complete" and finalize:
+            p.phase = "finalizing"
+            manifest = finalize_run(self.storage, self.run_id, self.cfg.fingerprint(), self.cfg.teacher.model,
+                                    self.record.teacher_revision, plan.shard_ids, plan_hash=plan.plan_hash,
+                                    scaling=self._recorder.attempts())
+        run_report = self.accounting.finish(status)
+        p.spent_usd = run_report.spent_usd
+        p.phase = "stopped" if status == "budget_exhausted" else "done"
+        summary = summary_of(self, manifest, report, peak_rss_mb())
+        if status == "budget_exhausted":  # what is committed stays, unfinalized, for a resume with a larger budget
+            planned = set(plan.shard_ids)
+            commits = [c for s, c in read_commits(self.storage).items() if s in planned]
+            summary.shards = len(commits)
+            summary.totals = sum((c.stats for c in commits), ShardStats())
+            summary.failed_prompts = sum(len(c.failed) for c in commits)
+        summary.status = status
+        summary.cost = cost_summary_of(run_report)
+        summary.report = self.storage.uri_of(RUN_REPORT)
+        return summary
 
     # -- planning ----------------------------------------------------------------------------
     def _plan(self) -> tuple[RunPlan, IngestReport]:
@@ -242,6 +267,7 @@ class GenerationController:
     # -- scheduling ------------------------------------------------------------------------------
     def _generate(self, plan: RunPlan, todo: set[str], pool: ReplicaPool) -> None:
         self._units_left = self._units(plan, todo)
+        self._units_undrawn = len(todo)
         finish_by = self.cfg.replicas.autoscale.finish_by
         if finish_by is not None:
             self._finish_at = pool.now() + (finish_by - datetime.now(timezone.utc)).total_seconds()
@@ -254,7 +280,7 @@ class GenerationController:
                     self._poll(now)
                 self._fill_pool(now)
                 self._dispatch()
-                if not self._owner and not self._has_work():
+                if not self._owner and (not self._has_work() or self.accounting.budget_stopped):
                     break
                 self.history.sample(now, self.target_replicas, self._replicas)
                 self._recorder.save(self.history.samples)
@@ -270,11 +296,15 @@ class GenerationController:
                 if now >= self._next_deadline_check:
                     self._next_deadline_check = now + self._deadline_check_s
                     self._check_deadlines(now)
+                self.accounting.tick(*self._pool_state())
+                self.progress.spent_usd = self.accounting.spent_usd()
             if self._first_ready is not None:
                 self._generation_s = pool.now() - self._first_ready
+            self.accounting.generation_s = self._generation_s
             for rep in list(self._replicas):
-                self._collect_requests(rep)
+                stats = self._collect_requests(rep)
                 pool.kill(rep)
+                self.accounting.replica_ended(rep.name, stats)
                 self._retired.append(replica_info(rep, pool.now(), retired="run finished"))
             self._replicas.clear()
             self._room.clear()
@@ -290,8 +320,14 @@ class GenerationController:
             if unit is None:
                 self._exhausted = True
             else:
+                self._units_undrawn -= 1
                 self._retry.append(Entry(unit))
         return bool(self._retry)
+
+    def _pool_state(self) -> tuple[int, int, int]:
+        """(live replicas, pending replicas, units queued) for the metrics."""
+        live = sum(r.ready_at is not None for r in self._replicas)
+        return live, len(self._replicas) - live, len(self._retry) + self._units_undrawn
 
     def _set_target(self, target: int, reason: str) -> None:
         if target != self.target_replicas:
@@ -303,6 +339,7 @@ class GenerationController:
     def _add_replica(self) -> Replica:
         rep = self.pool.create()
         rep.created_at = self.pool.now()
+        self.accounting.replica_added(rep.name, rep.gpus, rep.cpus)
         self._starting[self.pool.call(rep, "start")] = rep
         self._replicas.append(rep)
         self.history.note("")
@@ -323,6 +360,7 @@ class GenerationController:
         self._stalled_since = None
         if self._first_ready is None:
             self._first_ready = now
+        self.accounting.replica_ready(rep.name)
         if rep.draining is None:
             self._room[rep] = None
         self.history.note("")
@@ -335,7 +373,7 @@ class GenerationController:
         if len(active) > self.target_replicas:
             self._scale_down(active, len(active) - self.target_replicas)
             return
-        if not (self._owner or self._retry or not self._exhausted):
+        if self.accounting.budget_stopped or not (self._owner or self._has_work()):
             return
         missing = self.target_replicas - len(active)
         for rep in self._replicas:  # a replica draining for a scale-down comes back before a new one starts
@@ -368,6 +406,8 @@ class GenerationController:
         """The next entry for a replica (`busy`: it has work in flight, so an exclusive entry must wait)."""
         if not self._has_work() or (self._retry[0].exclusive and busy):
             return None
+        if not self.accounting.may_dispatch(self._retry[0].unit):  # budget.max_usd: wait, or stop
+            return None
         return self._retry.popleft()
 
     def _dispatch(self) -> None:
@@ -395,6 +435,7 @@ class GenerationController:
                 rep.idle_since = None
                 self._inflight_prompts += len(entry.unit.prompts)
                 self._owner[call] = (rep, entry)
+                self.accounting.dispatched(call, entry.unit)
             self._ask_load(rep)
             if not self._retry and self._exhausted:
                 break
@@ -511,6 +552,7 @@ class GenerationController:
         if call not in self._owner:  # already requeued with its replica
             return
         rep, entry = self._owner.pop(call)
+        self.accounting.settled(call)
         self._release(rep, call, entry)
         try:
             out = self.pool.result(call)
@@ -530,10 +572,10 @@ class GenerationController:
             if not rep.inflight:
                 rep.idle_since = self.pool.now()
 
-    def _on_success(self, entry: Entry, out: ShardCommit | UnitResult, rep: Replica | None = None) -> None:
-        if rep is not None:
-            rep.units_done += 1
-            rep.completion_tokens += out.stats.completion_tokens
+    def _on_success(self, entry: Entry, out: ShardCommit | UnitResult, rep: Replica) -> None:
+        rep.units_done += 1
+        rep.completion_tokens += out.stats.completion_tokens
+        self.accounting.credit(rep.name, out.stats)  # the samples `rep` produced (a commit's, or a sub-unit's)
         if entry.split is not None:
             self._add_part(entry.split, out)
         else:
@@ -552,13 +594,15 @@ class GenerationController:
         self._prompts_left -= commit.stats.prompts
         self._shards_left -= 1
 
-    def _collect_requests(self, rep: Replica) -> None:
+    def _collect_requests(self, rep: Replica) -> dict[str, Any] | None:
+        """Add `rep`'s engine requests to the run's count; its `stats()` (None if it is dead)."""
         try:
             stats = self.pool.result(self.pool.call(rep, "stats"), timeout_s=10)
         except Exception:  # noqa: BLE001 - a dead replica's count is gone; nothing to add
-            return
+            return None
         self.progress.engine_requests += stats["engine_requests"] - rep.requests_seen
         rep.requests_seen = stats["engine_requests"]
+        return stats
 
     # -- supervision ---------------------------------------------------------------------------------
     def _started(self, rep: Replica) -> bool:
@@ -642,6 +686,7 @@ class GenerationController:
         victims = []
         for call in calls:
             _, entry = self._owner.pop(call)
+            self.accounting.settled(call)
             self._inflight_prompts -= len(entry.unit.prompts)
             if call in done:
                 try:
@@ -659,8 +704,9 @@ class GenerationController:
         if rep not in self._replicas:
             return
         now = self.pool.now()
-        self._collect_requests(rep)
+        stats = self._collect_requests(rep)
         self.pool.kill(rep)
+        self.accounting.replica_ended(rep.name, stats)
         self._replicas.remove(rep)
         self._draining.discard(rep)
         self._room.pop(rep, None)

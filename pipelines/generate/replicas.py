@@ -45,6 +45,8 @@ class Replica:
     units_sent: int = 0  # units dispatched to it so far (its load report counts only after all have started)
     sequences_pending: int | None = None  # its last `load()` report; None once acted on
     min_sequences: int | None = None  # admit another unit below this many engine sequences (None: never)
+    gpus: float = 0.0  # what it holds, hence what it is charged for (cost.py)
+    cpus: float = 0.0
 
     @property
     def state(self) -> str:

@@ -42,6 +42,7 @@ class Progress:
     units_requeued: int = 0
     units_split: int = 0
     engine_requests: int = 0
+    spent_usd: float = 0.0
     totals: ShardStats = field(default_factory=ShardStats)
     started_at: float = field(default_factory=time.time)
 
@@ -91,7 +92,7 @@ def status_of(c: "GenerationController") -> GenerationStatus:
         replicas_drained=p.replicas_drained, replicas_preempted=p.replicas_preempted,
         units_retried=p.units_retried, units_requeued=p.units_requeued, units_split=p.units_split,
         engine_requests=p.engine_requests, totals=p.totals, elapsed_s=time.time() - p.started_at,
-        generation_s=generation_s,
+        generation_s=generation_s, spent_usd=p.spent_usd,
     )
 
 

@@ -179,7 +179,8 @@ class SimulatedPool:
         self._replicas[sim.index] = sim
         self._pending.append(sim.index)
         self._place_pending()
-        return Replica(f"replica-{self.created}", sim)
+        return Replica(f"replica-{self.created}", sim, gpus=self.cfg.replicas.gpus_per_replica or 0.0,
+                       cpus=self.cfg.replicas.cpus_per_replica)
 
     def call(self, rep: Replica, method: str, *args: Any) -> int:
         sim: _SimReplica = rep.handle
@@ -190,8 +191,10 @@ class SimulatedPool:
             call.error = ReplicaLost(f"{rep.name} is dead")
             return self._schedule(call)
         if method == "stats":
-            requests = sim.runner.requests if sim.runner is not None else sim.requests
-            call.value = {"units_done": sim.units_done, "engine_requests": requests}
+            runner = sim.runner
+            call.value = {"units_done": sim.units_done, "engine_requests": runner.requests if runner else sim.requests,
+                          "prompt_tokens": runner.prompt_tokens_processed if runner else 0,
+                          "completion_tokens": runner.completion_tokens if runner else 0}
             return self._schedule(call)
         fault = self.fault(CallEvent(sim.index, method, unit, self.clock, sim.node))
         if fault is not None and fault not in FAULTS:

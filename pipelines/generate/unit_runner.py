@@ -103,6 +103,9 @@ class UnitRunner:
         self._sampling_json = json.dumps(sampling.model_dump(), sort_keys=True)
         self.requests = 0
         self.units_started = 0
+        # Everything the engine returned, including work of units that later failed (the run report's "failed" cost).
+        self.prompt_tokens_processed = 0
+        self.completion_tokens = 0
         # Samples asked of the engine (or about to be) and not yet returned: the controller's admission signal.
         self.sequences_pending = 0
         self._changed = asyncio.Event()
@@ -142,28 +145,25 @@ class UnitRunner:
         results = await _gather_or_cancel([self._run_prompt(unit, p, ids, nonce, reserved)
                                            for p, ids in zip(unit.prompts, encoded)])
         out = UnitResult(stats=ShardStats(prompts=len(unit.prompts)))
-        for prompt, (rows, failure, drawn, prompt_tokens, completion_tokens) in zip(unit.prompts, results):
+        for rows, failure, stats in results:
             out.rows.extend(rows)
             if failure is not None:
                 out.failed.append(failure)
-            out.stats = out.stats + ShardStats(
-                traces=len(rows), verified=sum(r["verified"] is True for r in rows),
-                rejected=sum(r["verified"] is False for r in rows), failed_prompts=int(failure is not None),
-                samples_drawn=drawn, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-            )
+            out.stats = out.stats + stats
         return out
 
-    async def _run_prompt(self, unit: WorkUnit, prompt: PromptRecord, ids: list[int] | Exception, nonce: str,
-                          reserved: int):
+    async def _run_prompt(self, unit: WorkUnit, prompt: PromptRecord, ids: Any, nonce: str,
+                          reserved: int) -> tuple[list[dict[str, Any]], FailedPrompt | None, ShardStats]:
         held = reserved  # this prompt's share of the unit's reserved count, until its first request takes it over
+        judged: list[_Judged] = []
+        prompt_tokens = [0]  # per round: prompt tokens the engine processed
         try:
             if isinstance(ids, Exception):  # a template that cannot render this conversation
-                return [], FailedPrompt(prompt_id=prompt.prompt_id, reason=failure_reason(f"chat template: {ids}"),
-                                        attempts=1), 0, 0, 0
+                failure = FailedPrompt(prompt_id=prompt.prompt_id, reason=failure_reason(f"chat template: {ids}"), attempts=1)
+                return [], failure, ShardStats(failed_prompts=1)
             target = self.verify.accept_per_prompt
             budget = self.verify.max_samples_per_prompt if target else self.sampling.n
-            judged: list[_Judged] = []
-            attempt, prompt_tokens = 0, 0
+            attempt, prompt_length = 0, 0
             while True:
                 accepted = sum(j.verified is True for j in judged)
                 if len(judged) >= budget or (target is None and judged) or (target and accepted >= target):
@@ -175,11 +175,16 @@ class UnitRunner:
                     gen = await self._generate(ids, want, f"{unit.shard_id}/{prompt.prompt_id[:16]}/{attempt}/{nonce}",
                                                prompt.max_tokens)
                 except _Refused as refused:  # every try raised: not the replica's fault, but this prompt gives up
-                    return [], FailedPrompt(prompt_id=prompt.prompt_id, reason=refused.reason,
-                                            attempts=refused.tries), len(judged), prompt_tokens, 0
+                    failure = FailedPrompt(prompt_id=prompt.prompt_id, reason=refused.reason, attempts=refused.tries)
+                    return [], failure, self._stats(judged, prompt_tokens, failed=True)
                 finally:
                     self._add_pending(-want)
-                prompt_tokens += gen.prompt_tokens
+                prompt_length = prompt_length or gen.prompt_tokens
+                if attempt:
+                    prompt_tokens.append(0)
+                prompt_tokens[-1] += gen.prompt_tokens_processed
+                self.prompt_tokens_processed += gen.prompt_tokens_processed
+                self.completion_tokens += sum(s.num_tokens for s in gen.samples)
                 if self.judge.blocking:  # math-verify or a user function: keep the event loop (and the batch) moving
                     judged.extend(await asyncio.to_thread(_judge_all, self.judge, prompt, gen.samples, attempt))
                 else:
@@ -189,9 +194,27 @@ class UnitRunner:
             if held:
                 self._add_pending(-held)
         kept = self._keep(judged, target)
-        rows = [self._row(unit, prompt, j, i, len(ids)) for i, j in enumerate(kept)]
-        completion_tokens = sum(len(j.sample.token_ids) for j in judged)
-        return rows, None, len(judged), prompt_tokens, completion_tokens
+        rows = [self._row(unit, prompt, j, i, prompt_length) for i, j in enumerate(kept)]
+        stats = self._stats(judged, prompt_tokens) + ShardStats(
+            traces=len(rows), verified=sum(r["verified"] is True for r in rows),
+            rejected=sum(r["verified"] is False for r in rows))
+        return rows, None, stats
+
+    @staticmethod
+    def _stats(judged: list[_Judged], prompt_tokens: list[int], failed: bool = False) -> ShardStats:
+        """Counts over every sample drawn for one prompt (kept or not), split the way the run report charges cost."""
+        accepted = [j for j in judged if j.verified is not False]
+        truncated = [j for j in judged if j.verified is False and j.sample.finish_reason == "length"]
+        resampled = [j for j in judged if j.attempt > 0]
+        return ShardStats(
+            failed_prompts=int(failed), samples_drawn=len(judged), prompt_tokens=sum(prompt_tokens),
+            completion_tokens=sum(j.sample.num_tokens for j in judged),
+            accepted_samples=len(accepted), accepted_tokens=sum(j.sample.num_tokens for j in accepted),
+            truncated_samples=len(truncated), truncated_tokens=sum(j.sample.num_tokens for j in truncated),
+            resampled_samples=len(resampled), resampled_accepted=sum(j.verified is not False for j in resampled),
+            resampled_prompt_tokens=sum(prompt_tokens[1:]),
+            resampled_completion_tokens=sum(j.sample.num_tokens for j in resampled),
+        )
 
     async def _generate(self, ids: list[int], want: int, request_id: str, max_tokens: int | None):
         """One engine request, retried (fresh request ids, short backoff) while it raises anything but EngineFailure."""
@@ -225,7 +248,7 @@ class UnitRunner:
             "messages": [m.model_dump() for m in prompt.messages], "reference": prompt.reference,
             "completion": s.text, "reasoning": j.reasoning, "answer": j.answer,
             "finish_reason": s.finish_reason, "prompt_tokens": prompt_tokens,
-            "completion_tokens": len(s.token_ids), "completion_token_ids": s.token_ids,
+            "completion_tokens": s.num_tokens, "completion_token_ids": s.token_ids if s.completion_tokens is None else None,
             "topk_ids": s.topk_ids, "topk_logprobs": s.topk_logprobs,
             "verified": j.verified, "verifier": self.judge.name,
             "teacher_model": self.engine.model_name, "teacher_revision": self.engine.revision,

@@ -1,14 +1,50 @@
-"""`potstill generate CONFIG.yaml`: run a generation job with a live progress bar (or `--detach` it)."""
+"""`potstill generate CONFIG.yaml [--dry-run | --detach]`: run a generation job with a live progress bar.
+
+The summary ends with the run's cost (from `<out>/report.json`); `--dry-run`
+prints what the run would produce, take and cost, and writes nothing;
+`--detach` starts the run on a cluster and returns (`potstill status`).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
 from potstill.cli.common import console, fail, print_json, reserve_stdout_for_json
 from potstill.schemas.results import GenerationStatus, GenerationSummary
+
+
+def _usd(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    if abs(value) < 0.01:
+        return f"${value:,.6f}"
+    return f"${value:,.4f}" if abs(value) < 100 else f"${value:,.2f}"
+
+
+def cost_lines(cost: dict[str, Any] | None) -> list[str]:
+    """The run report's headline: throughput, GPU-hours, dollars per accepted trace and token, the budget."""
+    if not cost:
+        return []
+    this, run = cost["this_invocation"], cost["run"]
+    kinds = run["usd_by_kind"]
+    lines = [
+        f"cost: {_usd(run['usd_total'])} ({_usd(this['usd_total'])} this run) · {_usd(run['usd_per_accepted_trace'])} "
+        f"per accepted trace · {_usd(run['usd_per_million_accepted_tokens'])} per million accepted tokens · "
+        f"{run['gpu_hours']:.3f} GPU-hours",
+        f"  charged to accepted {_usd(kinds['accepted'])} · rejected {_usd(kinds['rejected'])} · truncated "
+        f"{_usd(kinds['truncated'])} · failed {_usd(kinds['failed'])}; rejection sampling "
+        f"{_usd(run['resampling_usd'])} for {run['resampled_accepted']} more traces "
+        f"({_usd(run['marginal_usd_per_resampled_trace'])} each vs {_usd(run['first_round_usd_per_trace'])} first-round)",
+        f"  throughput {this['tokens_per_s']:,.0f} tokens/s overall; per replica: " + (", ".join(
+            f"{r['name']} {r['tokens_per_s']:,.0f}" for r in cost["replicas"]) or "none"),
+    ]
+    if cost["status"] == "budget_exhausted":
+        lines.append(f"stopped at the budget: {_usd(cost['spent_usd'])} spent of budget.max_usd {_usd(cost['budget_usd'])}; "
+                     "what finished is committed; re-run with a larger budget.max_usd to resume")
+    return lines
 
 
 def _summary_lines(s: GenerationSummary) -> list[str]:
@@ -31,7 +67,8 @@ def _summary_lines(s: GenerationSummary) -> list[str]:
         f"input rows {ingest.get('rows_read', 0)} · valid {ingest.get('valid', 0)} · invalid {ingest.get('invalid', 0)} · "
         f"duplicates {ingest.get('duplicates', 0)}"
         + (" (see errors/ingest.jsonl)" if ingest.get("invalid") or ingest.get("duplicates") else ""),
-        f"output: {s.out}",
+        *cost_lines(s.cost),
+        f"output: {s.out}" + (f" (report: {s.report})" if s.report else ""),
     ]
 
 
@@ -41,7 +78,10 @@ def generate(
     run_id: Optional[str] = typer.Option(None, "--run-id", help="Run id; re-using one resumes that run (or attaches to it while it is live)."),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray)."),
     detach: bool = typer.Option(False, "--detach", help="Start the run on the cluster and return; follow it with `potstill status RUN_ID`. Needs --address or RAY_ADDRESS."),
-    json_out: bool = typer.Option(False, "--json", help="Print the summary (with --detach: the status) as one JSON object."),
+    json_out: bool = typer.Option(False, "--json", help="Print the summary (with --detach: the status; with --dry-run: the estimate) as one JSON object."),
+    dry_run_: bool = typer.Option(False, "--dry-run", help="Estimate prompts, output tokens, replicas, time and $ without running (nothing is written)."),
+    sample: int = typer.Option(16, "--sample", min=0, help="--dry-run: prompts run through the teacher to measure lengths and acceptance (0 with --output-tokens: none)."),
+    output_tokens: Optional[int] = typer.Option(None, "--output-tokens", min=1, help="--dry-run: assume this many completion tokens per sample instead of sampling the teacher."),
 ) -> None:
     """Generate verified reasoning traces from a teacher into committed Parquet shards."""
     if json_out:
@@ -57,6 +97,9 @@ def generate(
     except ConfigError as exc:
         fail(str(exc))
     install_redaction(cfg.model_dump())  # log records and error lines of this driver carry no config secret
+    if dry_run_:
+        _dry_run(cfg, sample, output_tokens, json_out)
+        return
     if detach:
         try:
             status = start_generation(cfg, address=address)
@@ -72,10 +115,10 @@ def generate(
         return
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("prompts"),
                TextColumn("· replicas {task.fields[replicas]} · traces {task.fields[traces]} · accepted "
-                          "{task.fields[acc]} · {task.fields[tps]} tok/s"),
+                          "{task.fields[acc]} · {task.fields[tps]} tok/s{task.fields[usd]}"),
                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=False, disable=json_out) as bar:
-        task = bar.add_task("planning", total=None, traces=0, acc="-", tps=0, replicas="-")
+        task = bar.add_task("planning", total=None, traces=0, acc="-", tps=0, replicas="-", usd="")
 
         def on_progress(p: GenerationStatus) -> None:
             t = p.totals
@@ -85,7 +128,8 @@ def generate(
             bar.update(task, description=p.phase, total=p.prompts_total or None, completed=p.prompts_done,
                        traces=t.traces, acc=f"{t.verified / judged:.0%}" if judged else "-",
                        tps=f"{p.tokens_per_s:,.0f}",
-                       replicas=f"{ready}/{p.target_replicas}" + (f" ({pending} pending)" if pending else ""))
+                       replicas=f"{ready}/{p.target_replicas}" + (f" ({pending} pending)" if pending else ""),
+                       usd=f" · {_usd(p.spent_usd)}" if p.spent_usd else "")
 
         try:
             summary = run_generation(cfg, address=address, on_progress=on_progress)
@@ -101,3 +145,41 @@ def generate(
 def _error_line(exc: BaseException) -> str:
     cause = getattr(exc, "cause", None) or exc
     return f"{type(cause).__name__}: {cause}"
+
+
+def estimate_lines(e: dict[str, Any]) -> list[str]:
+    hours = "n/a" if e["hours"] is None else (f"{e['hours'] * 60:,.1f} min" if e["hours"] < 1 else f"{e['hours']:,.2f} h")
+    lines = [
+        f"dry run of {e['run_id']}: nothing was written",
+        f"prompts {e['prompts']} valid ({e['invalid_rows']} invalid, {e['duplicates']} duplicates) in {e['shards']} shards"
+        + (f", {e['shards_committed']} already committed" if e["shards_committed"] else ""),
+        f"estimated output {e['output_tokens']:,} tokens (+{e['prompt_tokens']:,} prompt tokens) · "
+        f"{e['samples_per_prompt']:.2f} samples per prompt"
+        + (f" · {e['accepted_per_prompt']:.2f} accepted" if e["accepted_per_prompt"] is not None else "")
+        + (f" (measured on {e['sampled_prompts']} prompts" + (f", which cost {_usd(e['sample_usd'])}" if e["sample_usd"] else "")
+           + ")" if e["sampled_prompts"] else ""),
+        f"replicas planned {e['replicas']} x {e['gpus_per_replica']:g} GPU · time {hours}"
+        + (f" (bound: {e['limited_by']})" if e["limited_by"] else "")
+        + (f" · {e['tokens_per_s_per_replica']:,.0f} tokens/s per replica" if e["tokens_per_s_per_replica"] else ""),
+        f"estimated cost {_usd(e['usd'])} · {_usd(e['usd_per_accepted_trace'])} per accepted trace"
+        + (f" · budget {_usd(e['budget_usd'])}: {'fits' if e['fits_budget'] else 'does NOT fit'}" if e["budget_usd"] else ""),
+    ]
+    return lines + [f"note: {n}" for n in e["notes"]]
+
+
+def _dry_run(cfg: Any, sample: int, output_tokens: int | None, json_out: bool) -> None:
+    from potstill.pipelines.jobs.dry_run import dry_run
+    from potstill.pipelines.jobs.run_generation import output_uri
+
+    try:
+        with console.status("dry run", spinner="dots") as status:
+            estimate = dry_run(cfg, output_uri(cfg), sample_prompts=sample, output_tokens=output_tokens,
+                               on_status=lambda msg: status.update(f"dry run: {msg}") if not json_out else None)
+    except Exception as exc:  # noqa: BLE001 - one clear line; a dry run writes nothing
+        fail(_error_line(exc), 1)
+    result = estimate.model_dump(mode="json")
+    if json_out:
+        print_json(result)
+        return
+    for line in estimate_lines(result):
+        console.print(line, highlight=False)

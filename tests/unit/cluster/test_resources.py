@@ -59,3 +59,15 @@ def test_pipeline_parallel_size_is_not_part_of_the_run_fingerprint():
     base = {"prompts": {"arithmetic": {}}}
     pp = {**base, "teacher": {"pipeline_parallel_size": 2}}
     assert GenerationConfig.model_validate(base).fingerprint() == GenerationConfig.model_validate(pp).fingerprint()
+
+
+def test_an_api_teachers_replica_takes_no_gpu_even_on_a_gpu_cluster():
+    teacher = TeacherConfig.model_validate({"engine": "openai", "model": "m", "api": {"base_url": "http://h/v1"}})
+    plan = replica_plan(teacher, ReplicasConfig(), cluster_gpus=8)
+    assert plan.gpus == 0 and not any(b.get("GPU") for b in plan.bundles)
+
+
+def test_a_replica_is_charged_for_every_gpu_and_cpu_it_reserves():
+    plan = replica_plan(TeacherConfig(tensor_parallel_size=4), ReplicasConfig(cpus_per_replica=2), cluster_gpus=8)
+    assert plan.gpus == 4 and plan.cpus == 4 + 2
+    assert replica_plan(TeacherConfig(), ReplicasConfig(cpus_per_replica=3), cluster_gpus=0).cpus == 3

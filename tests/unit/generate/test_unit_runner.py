@@ -130,3 +130,25 @@ def test_load_long_poll_answers_once_the_unit_started_and_the_batch_ran_low():
         return low
 
     assert asyncio.run(scenario()) == 2
+
+
+def test_every_sample_drawn_is_counted_by_kind_and_resampling_rounds_apart():
+    """The split the run report charges costs by: accepted, truncated, the rest rejected; re-asks apart."""
+
+    class Truncating(ScriptedEngine):
+        async def generate(self, prompt_token_ids, n, request_id, max_tokens=None):
+            gen = await super().generate(prompt_token_ids, n, request_id, max_tokens)
+            for s in gen.samples:
+                if s.text == "cut":
+                    s.finish_reason = "length"
+            return gen
+
+    script = lambda p, k: ["wrong", "cut", "4", "4"][k]  # noqa: E731 - round 1: wrong, cut; round 2: 4, 4
+    verify = VerifyConfig(method="exact", accept_per_prompt=2, max_samples_per_prompt=8, require_stop=True)
+    result, runner = _run(Truncating(script), _unit("q"), SamplingConfig(n=2), verify)
+    s = result.stats
+    assert (s.samples_drawn, s.accepted_samples, s.truncated_samples) == (4, 2, 1)
+    assert (s.accepted_tokens, s.truncated_tokens, s.completion_tokens) == (2, 3, 10)
+    assert (s.resampled_samples, s.resampled_accepted, s.resampled_completion_tokens) == (2, 2, 2)
+    assert s.prompt_tokens == 2 * s.resampled_prompt_tokens == 2
+    assert runner.completion_tokens == 10 and runner.prompt_tokens_processed == 2
