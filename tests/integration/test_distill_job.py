@@ -3,12 +3,15 @@
     .venv/bin/pytest tests/integration/test_distill_job.py -q
 
 - shards from `run_generation` -> Ray Train, 2 gloo workers -> a student with fewer parameters than the
-  teacher and at least 0.9x its accuracy on fresh problems (both scored in vLLM);
+  teacher and at least 0.9x its accuracy on fresh problems (both scored in vLLM on the `eval:` prompts of the
+  training config, the questions it was trained on left out);
 - a worker fails at step k (the POTSTILL_FAULT_TRAIN_STEP hook) -> the group restarts from the last
   checkpoint, the step counter continues, the final checkpoint exists;
-- the driver of `potstill train` is SIGKILLed -> re-running the same name resumes, no finished epoch redone;
+- the driver of `potstill train` is SIGKILLed -> re-running the same name resumes, no finished epoch redone,
+  and the finished job scores its student on the config's `eval.prompts`;
 - data.follow trains on a live run (shards committed after the job started) and ends at `_SUCCESS`;
-- FSDP with traces and checkpoints on S3 (moto) resumes from its S3 checkpoint.
+- FSDP with traces and checkpoints on S3 (moto) resumes from its S3 checkpoint; the student on S3 is copied
+  through the storage stack for scoring.
 """
 
 from __future__ import annotations
@@ -28,7 +31,6 @@ import pytest
 
 from potstill.cli.common import last_json_line
 from potstill.pipelines.output.commit import commit_shard, committed_data_files, finalize_run, read_commits
-from potstill.pipelines.distill.dataset import arrow_filesystem, strip_scheme
 from potstill.pipelines.distill.faults import FAULT_ENV
 from potstill.pipelines.output.shard_writer import write_shard
 from potstill.pipelines.output.storage import Storage
@@ -106,11 +108,11 @@ def small_config(name: str, runs: list[str], storage_path: str, **sections) -> T
 
 
 def test_student_from_generated_shards_reaches_the_teachers_accuracy(traces: dict, tmp_path: Path) -> None:
-    from potstill.pipelines.jobs.run_demo import trained_questions
+    from potstill.pipelines.jobs.evaluate import count_parameters, evaluate, evaluate_student, student_eval_prompts
     from potstill.pipelines.jobs.run_training import run_training
-    from potstill.pipelines.jobs.evaluate import count_parameters, evaluate, load_eval_prompts
 
-    cfg = load_config(TRAIN_EXAMPLE, TrainingConfig, {"data.runs": [traces["uri"]], "checkpoint.storage_path": str(tmp_path)})
+    cfg = load_config(TRAIN_EXAMPLE, TrainingConfig, {"data.runs": [traces["uri"]], "checkpoint.storage_path": str(tmp_path),
+                                                      "eval.prompts": "arithmetic:200"})
     summary = run_training(cfg)
     assert summary["workers"] == 2 and not summary["use_gpu"] and summary["topk_width"] == 4
     assert summary["traces"] == 2000 and summary["packing_efficiency"] >= 0.95
@@ -118,9 +120,12 @@ def test_student_from_generated_shards_reaches_the_teachers_accuracy(traces: dic
                      key=lambda m: m["step"])
     assert history[-1]["step"] == summary["steps"] and history[-1]["loss"] < 0.05
 
-    problems = load_eval_prompts("arithmetic:200", exclude=trained_questions(traces["files"]))
+    problems = student_eval_prompts(cfg)
+    trained = {m[-1]["content"] for f in traces["files"] for m in pq.read_table(f, columns=["messages"])["messages"].to_pylist()}
+    assert len(problems) == 200 and not trained & {p.messages[-1]["content"] for p in problems}
     teacher = evaluate("potstill:arithmetic-teacher", problems)
-    student = evaluate(summary["student"], problems)
+    student = evaluate_student(cfg, summary["student"])
+    assert student["n"] == 200 and student["prompts"] == "arithmetic:200"
     print(f"teacher {teacher['accuracy']:.3f} student {student['accuracy']:.3f}")
     assert count_parameters(summary["student"]) < count_parameters("potstill:arithmetic-teacher")
     assert student["accuracy"] >= 0.9 * teacher["accuracy"] and teacher["accuracy"] >= 0.95
@@ -171,7 +176,7 @@ def test_killed_driver_resumes_without_redoing_a_finished_epoch(traces: dict, tm
     run = str(tmp_path / "run")
     copy_shards(traces["files"][:1], run)  # 250 traces -> 50 rows -> 13 steps an epoch at 2 rows per worker
     cfg = small_config("killed", [run], str(tmp_path / "ckpt"), run={"epochs": 3, "micro_batch_size": 2},
-                       checkpoint={"every_steps": 5})
+                       checkpoint={"every_steps": 5}, eval={"prompts": "arithmetic:20", "max_tokens": 128})
     config = tmp_path / "train.yaml"
     config.write_text(json.dumps(cfg.model_dump(mode="json")))  # JSON is YAML
     cli = [sys.executable, "-m", "potstill.cli", "train", str(config), "--json"]
@@ -199,6 +204,9 @@ def test_killed_driver_resumes_without_redoing_a_finished_epoch(traces: dict, tm
     first = summary["attempts"][0]
     assert first["resumed"] and first["start_step"] >= killed_at["step"] and first["start_epoch"] >= 1
     assert summary["steps"] == 39 and summary["metrics"]["epoch"] == 2
+    # eval.prompts: the finished job scored its student in vLLM (a 39-step student's accuracy is not the point).
+    assert summary["eval"]["n"] == 20 and summary["eval"]["model"] == summary["student"]
+    assert 0 <= summary["eval"]["correct"] <= 20 and summary["eval"]["method"] == "math"
 
 
 def test_follow_trains_on_a_live_run_and_ends_at_success(traces: dict, tmp_path: Path) -> None:
@@ -253,5 +261,10 @@ def test_fsdp_with_traces_and_checkpoints_on_s3_resumes(traces: dict, s3_bucket)
     second = run_training(small_config("s3-fsdp", [run], f"{root}/ckpt", run={"max_steps": 9}, **sections))
     assert [(a["start_step"], a["resumed"]) for a in second["attempts"]] == [(6, True)]
     assert second["steps"] == 9
-    fs = arrow_filesystem(second["student"], storage)
-    assert fs.get_file_info(strip_scheme(second["student"]) + "/model.safetensors").size > 0
+    from potstill.pipelines.jobs.evaluate import local_model
+
+    stored = Storage(second["student"], storage)
+    assert stored.size("model.safetensors") > 0
+    with local_model(second["student"], storage) as folder:  # what scoring an S3 student loads into vLLM
+        for rel in stored.list():
+            assert Path(folder, rel).read_bytes() == stored.read_bytes(rel), rel
