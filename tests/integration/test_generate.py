@@ -54,10 +54,10 @@ def read_rows(uri: str, storage: StorageConfig | None = None):
 @pytest.fixture(scope="module")
 def clean_run(ray_local, s3_server):
     """One uninterrupted run of 200 prompts x 4 samples into a moto S3 bucket."""
-    import boto3
+    from potstill.pipelines.output.storage import s3_filesystem
 
     storage = StorageConfig(endpoint_url=s3_server)
-    boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1").create_bucket(Bucket="clean-run")
+    s3_filesystem(storage).call_s3("create_bucket", Bucket="clean-run")
     uri = "s3://clean-run/traces"
     summary = run_generation(arithmetic_config(uri, "clean", storage=storage))
     return uri, storage, summary
