@@ -120,10 +120,6 @@ class SamplingConfig(StrictModel):
     logprobs: int = Field(default=0, ge=0, le=64, description="Keep the teacher's top-k logprobs per token (0 keeps none); needed for KD.")
     ignore_eos: bool = Field(default=False, description="Keep generating past EOS until max_tokens (benchmarks, budget forcing).")
 
-    def fingerprint_dict(self) -> dict[str, Any]:
-        """The parameters as a plain dict (stored per row and in the fingerprint)."""
-        return self.model_dump()
-
 
 class VerifyConfig(StrictModel):
     """How samples are judged and which are kept."""

@@ -98,15 +98,6 @@ def commit_shard(storage: Storage, written: WrittenShard, run_id: str, shard_id:
     return winner
 
 
-def read_commit(storage: Storage, shard_id: str) -> ShardCommit | None:
-    """The shard's commit, or None when it is not committed."""
-    rel = commit_path(shard_id)
-    try:
-        return _parse_commit(storage, rel, storage.read_bytes(rel))
-    except FileNotFoundError:
-        return None
-
-
 def committed_shard_ids(storage: Storage) -> set[str]:
     """Ids of committed shards (one listing; a commit object is visible only once complete)."""
     return {rel[len(COMMITS_DIR) + 1:-len(".json")] for rel in storage.list(COMMITS_DIR)
