@@ -1,7 +1,7 @@
 """Distillation benchmarks: Ray Train against plain torch.distributed, packing, loader headroom, SFT vs KD.
 Prints one JSON object of same-run measurements.
 
-    .venv/bin/python benchmarks/training.py [--run runs/arithmetic-demo] [--epochs 2] [--quick]
+    .venv/bin/python benchmarks/training_speed.py [--run runs/arithmetic-demo] [--epochs 2] [--quick]
 
 - `ray_train_vs_plain_torch`: median optimizer-step time of the distillation loop (`run_loop`/`train_step`)
   under a TorchTrainer with 2 gloo workers, divided by the median of the very same loop under

@@ -52,7 +52,7 @@ def data_path_for(shard_id: str, attempt_id: str) -> str:
 # ---- rows -> table --------------------------------------------------------
 
 def warm_up() -> None:
-    """Pay pyarrow's one-time start-up cost now: its first `pa.array` imports pandas (0.14 s of CPU here),
+    """Pay pyarrow's one-time start-up cost now: its first `pa.array` imports pandas (docs/PERFORMANCE.md),
     which would otherwise land in a replica's first shard write, on the cores its running engine needs."""
     records_to_table([])
 
@@ -125,8 +125,8 @@ def _conform(table: pa.Table, run_id: str, shard_id: str, extra_meta: dict[bytes
 class _HashingWriter:
     """A write-only file that hashes and counts every byte on its way to `sink`.
 
-    Inline on purpose: sha256 runs at ~2 GB/s, far above the zstd encoder, and
-    a helper thread measured slower here (GIL hand-offs on a busy 2-core box).
+    Inline on purpose: sha256 is far faster than the zstd encoder feeding it, so
+    a helper thread would only add GIL hand-offs on a busy machine.
     """
 
     def __init__(self, sink: IO[bytes]):
