@@ -36,6 +36,10 @@ EVAL_SEED = 7
 """Seed of `arithmetic:N` problems (generation runs use other seeds; `exclude` drops any overlap)."""
 CPU_KV_CACHE_BYTES = 2**30
 """KV cache for eval engines on CPU: plenty for small models at eval batch sizes."""
+SHUTDOWN_GRACE_ENV, SHUTDOWN_GRACE_S = "VLLM_WORKER_SHUTDOWN_TIMEOUT_SECONDS", "1"
+"""How long a finished eval engine may take to stop before vLLM kills it. vLLM's CPU model worker leaves only on
+SIGTERM, which its default 5 s grace period delays, so every scoring ended with seconds of idle waiting; the
+engine's outputs are all in hand by then, so there is nothing for a longer grace to save."""
 
 
 def small_model_cache_args() -> dict[str, int]:
@@ -102,6 +106,19 @@ def load_eval_prompts(
 
 
 @contextmanager
+def _short_shutdown_grace() -> Iterator[None]:
+    """`SHUTDOWN_GRACE_S` for the engines started inside (their processes inherit it), unless the user set one."""
+    if SHUTDOWN_GRACE_ENV in os.environ:
+        yield
+        return
+    os.environ[SHUTDOWN_GRACE_ENV] = SHUTDOWN_GRACE_S
+    try:
+        yield
+    finally:
+        os.environ.pop(SHUTDOWN_GRACE_ENV, None)
+
+
+@contextmanager
 def local_model(model: str, storage: StorageConfig | None = None) -> Iterator[str]:
     """A local folder holding `model`: a shipped model's folder, a local path, or an s3:// folder copied into a
     temporary folder through the storage stack (its retry policy included), removed afterwards."""
@@ -145,7 +162,7 @@ def evaluate(
     if dtype == "auto" and not torch.cuda.is_available():
         dtype = "float32"
     started = time.perf_counter()
-    with local_model(model, storage) as path:
+    with local_model(model, storage) as path, _short_shutdown_grace():
         llm = LLM(model=path, dtype=dtype, seed=0, enforce_eager=True, disable_log_stats=True, **small_model_cache_args())
         try:
             limit = llm.llm_engine.model_config.max_model_len

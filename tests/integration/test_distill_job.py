@@ -23,7 +23,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -45,18 +44,7 @@ TRAIN_EXAMPLE = REPO / "examples" / "distill_arithmetic.yaml"
 
 
 @pytest.fixture(scope="module")
-def ray_cluster():
-    import ray
-
-    from potstill.cluster.connect import ensure_ray
-
-    ensure_ray(None, num_cpus=4, dashboard=True)  # 2 train workers plus Ray Data and the generation controller
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def traces(ray_cluster, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def traces(ray_local, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """One generation run shared by every test here: 2000 fresh problems x 1 sample, 8 shards, top-4 logprobs."""
     from potstill.pipelines.jobs.run_generation import run_generation
     from potstill.schemas import GenerationConfig
@@ -69,15 +57,12 @@ def traces(ray_cluster, tmp_path_factory: pytest.TempPathFactory) -> dict:
     return {"uri": str(out), "files": committed_data_files(str(out)), "summary": summary}
 
 
-def copy_shards(files: list[str], dest: str, storage: StorageConfig | None = None, finalize: bool = True,
-                pause_s: float = 0.0, before: Callable[[int], None] | None = None) -> list[str]:
-    """Commit the given shards into a new run root with the real commit protocol (write, verify, commit);
-    `before(i)` runs before the i-th shard is copied."""
+def copy_shards(files: list[str], dest: str, storage: StorageConfig | None = None, finalize: bool = True) -> list[str]:
+    """Commit the given shards into a new run root with the real commit protocol (write, verify, commit), then
+    (with `finalize`) its manifest.json and _SUCCESS."""
     store = Storage(dest, storage)
     shard_ids = []
-    for i, path in enumerate(files):
-        if before is not None:
-            before(i)
+    for path in files:
         table = pq.read_table(path)
         shard_id = Path(path).parent.name
         run_id = table.column("run_id")[0].as_py()
@@ -85,11 +70,16 @@ def copy_shards(files: list[str], dest: str, storage: StorageConfig | None = Non
         prompt_ids = sorted(set(table.column("prompt_id").to_pylist()))
         commit_shard(store, written, run_id, shard_id, prompt_ids, [], read_commits(Storage(path.rsplit("/data/", 1)[0]))[shard_id].stats)
         shard_ids.append(shard_id)
-        time.sleep(pause_s)
     if finalize:
-        src = json.loads(Path(files[0].rsplit("/data/", 1)[0], "manifest.json").read_text())
-        finalize_run(store, run_id, src["config_fingerprint"], src["teacher_model"], src["teacher_revision"], shard_ids)
+        finalize_copy(files, dest, storage)
     return shard_ids
+
+
+def finalize_copy(files: list[str], dest: str, storage: StorageConfig | None = None) -> None:
+    """manifest.json and _SUCCESS for the copies of `files` in `dest`, as their own run's finalize wrote them."""
+    src = json.loads(Path(files[0].rsplit("/data/", 1)[0], "manifest.json").read_text())
+    finalize_run(Storage(dest, storage), src["run_id"], src["config_fingerprint"], src["teacher_model"],
+                 src["teacher_revision"], [Path(f).parent.name for f in files])
 
 
 def small_config(name: str, runs: list[str], storage_path: str, **sections) -> TrainingConfig:
@@ -217,20 +207,27 @@ def test_follow_trains_on_a_live_run_and_ends_at_success(traces: dict, tmp_path:
     files = traces["files"][:4]
     committed_at: list[float] = []
     started = time.time()
-    training = threading.Event()
+    seen = threading.Condition()
+    waiting_with: list[int] = [0]  # shards the job had seen when it last said it was waiting for more
 
-    def after_the_first_shard_wait_for_training(i: int) -> None:
-        if i == 1:  # the rest of the run commits only once training is under way, however slow its start-up
-            training.wait(300)
+    def on_progress(update: dict) -> None:
+        if update.get("phase") == "waiting for shards":
+            with seen:
+                waiting_with[0] = max(waiting_with[0], update.get("shards_seen") or 0)
+                seen.notify_all()
 
-    def generation() -> None:  # the run goes on while training reads it: a shard every few seconds, then _SUCCESS
-        time.sleep(2)
-        copy_shards(files, str(live), pause_s=3, before=after_the_first_shard_wait_for_training)
+    def wait_until_the_job_waits_with(count: int) -> None:
+        with seen:
+            assert seen.wait_for(lambda: waiting_with[0] >= count, timeout=300), f"the job never waited with {count} shards"
+
+    def generation() -> None:
+        """The run goes on while training reads it: each shard commits only once the job has trained on everything
+        before it and waits for more, then _SUCCESS."""
+        for i, path in enumerate(files):
+            copy_shards([path], str(live), finalize=False)
+            wait_until_the_job_waits_with(i + 1)
+        finalize_copy(files, str(live))
         committed_at.append(time.time())
-
-    def on_progress(update: dict) -> None:  # polled: a worker may be waiting for shards by the first look
-        if update.get("phase") in ("training", "waiting for shards"):
-            training.set()
 
     writer = threading.Thread(target=generation, daemon=True)
     writer.start()
@@ -238,7 +235,7 @@ def test_follow_trains_on_a_live_run_and_ends_at_success(traces: dict, tmp_path:
                        optim={"schedule": "constant"})
     summary = run_training(cfg, on_progress=on_progress)
     writer.join()
-    assert summary["follow"] and committed_at
+    assert summary["follow"] and committed_at and waiting_with[0] == len(files)
     # Training started before the run finished, read every shard exactly once, and ended after _SUCCESS.
     assert started < summary["attempts"][0]["at"] < (live / "_SUCCESS").stat().st_mtime
     done = load_checkpoint(summary["checkpoint"])["loop"]["data"]["done"]

@@ -92,3 +92,18 @@ def test_a_local_model_is_scored_in_place(tmp_path: Path) -> None:
         assert Path(path, "config.json").is_file()
     with local_model(str(tmp_path)) as path:
         assert path == str(tmp_path)
+
+
+def test_eval_engines_get_a_short_shutdown_grace_unless_the_user_set_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from potstill.pipelines.jobs.evaluate import SHUTDOWN_GRACE_ENV, _short_shutdown_grace
+
+    monkeypatch.delenv(SHUTDOWN_GRACE_ENV, raising=False)
+    with _short_shutdown_grace():
+        assert os.environ[SHUTDOWN_GRACE_ENV] == "1"
+    assert SHUTDOWN_GRACE_ENV not in os.environ
+    monkeypatch.setenv(SHUTDOWN_GRACE_ENV, "9")
+    with _short_shutdown_grace():
+        assert os.environ[SHUTDOWN_GRACE_ENV] == "9"
+    assert os.environ[SHUTDOWN_GRACE_ENV] == "9"
