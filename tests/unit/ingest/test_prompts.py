@@ -1,6 +1,6 @@
 """Prompt ingestion: row validation, dedup, Parquet/JSONL parity, templates, streaming, real datasets.
 
-    .venv/bin/pytest tests/unit/test_ingest.py
+    .venv/bin/pytest tests/unit/ingest/test_prompts.py
 """
 
 from __future__ import annotations
