@@ -117,9 +117,10 @@ def test_resume_after_the_driver_is_killed(tmp_path, clean_run):
     first_config.write_text(json.dumps(first))
     proc = _generate_cli(first_config, out, "resume")
     commits = out / "commits"
-    deadline = time.time() + 300
+    deadline = time.time() + 900  # a bound for a stuck run, not a wait: the loop ends at the second commit
     while time.time() < deadline and len(list(commits.glob("*.json"))) < 2 and proc.poll() is None:
         time.sleep(0.1)
+    assert proc.poll() is None, proc.communicate()[1].decode()[-3000:]
     # The driver's actors die with it, but a replica may still be landing the shard it was committing: once no
     # process of the command's group is alive, `before` is what the re-run finds.
     kill_process_group(proc)

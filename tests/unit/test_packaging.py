@@ -114,7 +114,8 @@ def _scratch_env(tmp: Path, wheel: Path) -> Path:
                     "--disable-pip-version-check", "-q", str(wheel)], check=True, capture_output=True, text=True)
     scratch_site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                   check=True, capture_output=True, text=True).stdout.strip()
-    (Path(scratch_site) / "potstill_test_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    ours = dict.fromkeys([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]])
+    (Path(scratch_site) / "potstill_test_dependencies.pth").write_text("".join(f"{p}\n" for p in ours))
     return venv / "bin"
 
 
