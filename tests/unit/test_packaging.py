@@ -4,9 +4,9 @@
 
 `pip wheel --no-deps .` builds from a copy of the checkout's files (so a stale
 `build/` folder cannot hide a module the package list misses). The first test
-reads the folder-to-package map from `pyproject.toml` and asserts every `.py`
-file under each mapped folder, every file under `potstill/assets/` and every
-shipped config is in the wheel. The second installs the wheel, non-editable,
+reads the folder-to-package map from `pyproject.toml` and asserts every file
+under each mapped folder (modules, `potstill/assets/`, shipped configs, any
+template a package reads at run time) is in the wheel. The second installs the wheel, non-editable,
 into a scratch virtual environment whose only link to the test environment is a
 `.pth` line naming its site-packages (for the dependencies: torch, vLLM, Ray;
 `.pth` files inside that folder, the editable install's finder among them, are
@@ -46,17 +46,13 @@ def mapped_folders() -> dict[str, Path]:
 
 
 def expected_files() -> set[str]:
-    """Wheel paths of every module under the mapped folders, every asset and every shipped config."""
+    """Wheel paths of every file under the mapped folders: modules, the shipped model, configs and templates."""
     expected: set[str] = set()
-    folders = mapped_folders()
-    for package, folder in folders.items():
-        for path in folder.rglob("*.py"):
+    for package, folder in mapped_folders().items():
+        for path in folder.rglob("*"):
             rel = path.relative_to(folder)
-            if "__pycache__" not in rel.parts:
+            if path.is_file() and "__pycache__" not in rel.parts and path.suffix != ".pyc":
                 expected.add("/".join(package.split(".") + list(rel.parts)))
-    root = folders["potstill"]
-    expected.update(f"potstill/{p.relative_to(root).as_posix()}" for p in (root / "assets").rglob("*") if p.is_file())
-    expected.update(f"potstill/configs/{p.name}" for p in (root / "configs").glob("*.yaml"))
     return expected
 
 
@@ -83,10 +79,11 @@ def test_the_wheel_holds_every_module_and_asset(wheel: Path) -> None:
         names = set(zf.namelist())
         entry_points = zf.read(next(n for n in names if n.endswith(".dist-info/entry_points.txt"))).decode()
     expected = expected_files()
-    assert len(expected) > 100 and "potstill/assets/arithmetic-teacher/model.safetensors" in expected
+    assert {"potstill/assets/arithmetic-teacher/model.safetensors", "potstill/configs/arithmetic.yaml",
+            "potstill/pipelines/jobs/evaluate.py", "potstill/schemas/trace.py"} <= expected
     missing = sorted(expected - names)
     assert missing == [], (f"{len(missing)} files are not in the wheel (add their package to [tool.setuptools] packages "
-                           f"or the asset pattern to package-data in pyproject.toml): {missing[:20]}")
+                           f"or their pattern to [tool.setuptools.package-data] in pyproject.toml): {missing[:20]}")
     assert "potstill = potstill.cli:main" in entry_points
     # Nothing outside the namespace: a generic top-level `schemas` or `pipelines` would clash in site-packages.
     assert {n.split("/")[0] for n in names if not n.startswith("potstill-")} == {"potstill"}
