@@ -116,8 +116,8 @@ def test_the_api_teacher_commits_like_the_actor_run_and_verifies_within_5_points
     actor_out, _ = actor_run
     api_out, summary = api_run
     rows = assert_committed_exactly_once(api_out, COUNT, N)
-    assert summary["shards"] == COUNT // PER_SHARD and summary["failed_prompts"] == 0
-    assert summary["engine_requests"] == COUNT  # n samples per request (the server supports n)
+    assert summary.shards == COUNT // PER_SHARD and summary.failed_prompts == 0
+    assert summary.engine_requests == COUNT  # n samples per request (the server supports n)
     # vLLM's server returned token ids and top-k ids: traces are fit for KD as the actor run's are.
     assert all(r["completion_token_ids"] and len(r["completion_token_ids"]) == r["completion_tokens"] for r in rows)
     assert all(r["topk_ids"] and len(r["topk_ids"]) == r["completion_tokens"] for r in rows)
@@ -142,7 +142,7 @@ def test_429s_with_retry_after_under_an_rpm_budget_complete_the_run_without_loss
         cfg = config(out, "throttled", base_url=f"{proxy.url}/v1", count=count, n=n, per_shard=8,
                      api={"requests_per_minute": rpm, "supports_n": False, "max_retries": 12})
         summary = run_generation(cfg)
-    assert summary["failed_prompts"] == 0 and summary["replicas_replaced"] == 0
+    assert summary.failed_prompts == 0 and summary.replicas_replaced == 0
     assert_committed_exactly_once(out, count, n)
     times = [t for t, _ in proxy.arrivals]
     answered_429 = [t for t, action in proxy.arrivals if action == "fail"]
@@ -180,8 +180,8 @@ def test_the_run_report_prices_the_api_tokens_and_charges_them_to_the_samples(ap
     print(f"MEASURED API run report: ${cost.usd_total:.6f} total, ${cost.usd_per_accepted_trace:.8f} per accepted "
           f"trace, ${cost.usd_per_million_accepted_tokens:.4f} per million accepted tokens, "
           f"{replica.tokens_per_s:.0f} tokens/s on replica-1; by kind {cost.usd_by_kind.model_dump()}")
-    assert summary["cost"]["spent_usd"] == pytest.approx(report.spent_usd)
-    assert summary["report"].endswith("report.json")
+    assert summary.cost["spent_usd"] == pytest.approx(report.spent_usd)
+    assert summary.report.endswith("report.json")
 
 
 def test_a_budget_below_the_runs_cost_stops_within_one_unit_and_a_larger_one_completes_it_exactly_once(
@@ -193,20 +193,20 @@ def test_a_budget_below_the_runs_cost_stops_within_one_unit_and_a_larger_one_com
     out = str(tmp_path / "out")
     first = run_generation(config(out, "budget", base_url=vllm_server.base_url, per_shard=per_shard,
                                   budget={"max_usd": budget}))
-    assert first["status"] == "budget_exhausted"
-    spent = first["cost"]["spent_usd"]
+    assert first.status == "budget_exhausted"
+    spent = first.cost["spent_usd"]
     print(f"MEASURED budget: ${budget:.6f} (full run ${full:.6f}, one unit ${unit_cost:.6f}); stopped at "
-          f"${spent:.6f} with {first['shards']} of {COUNT // per_shard} shards committed")
+          f"${spent:.6f} with {first.shards} of {COUNT // per_shard} shards committed")
     assert budget - unit_cost <= spent <= budget + unit_cost, (spent, budget, unit_cost)
     commits = Path(out) / "commits"
     before = {p.name: p.read_bytes() for p in commits.glob("*.json")}
     assert 0 < len(before) < COUNT // per_shard and not (Path(out) / "_SUCCESS").exists()
-    assert first["shards"] == len(before)
+    assert first.shards == len(before)
 
     second = run_generation(config(out, "budget", base_url=vllm_server.base_url, per_shard=per_shard,
                                    budget={"max_usd": 3 * full}))
-    assert second["status"] == "complete" and second["shards_skipped"] == len(before)
-    assert second["engine_requests"] == COUNT - per_shard * len(before)  # nothing committed was asked again
+    assert second.status == "complete" and second.shards_skipped == len(before)
+    assert second.engine_requests == COUNT - per_shard * len(before)  # nothing committed was asked again
     assert {p.name: p.read_bytes() for p in commits.glob("*.json") if p.name in before} == before
     assert_committed_exactly_once(out, COUNT, N)
     report = RunReport.model_validate_json((Path(out) / "report.json").read_text())
@@ -243,7 +243,7 @@ def test_self_hosted_replicas_are_charged_for_their_life_and_the_dry_run_measure
     assert cost.usd_by_kind.total == pytest.approx(cost.usd_total) and cost.usd_by_kind.accepted > 0
     assert cost.accepted_traces == manifest.totals.accepted_samples > 0
     assert cost.usd_per_accepted_trace == pytest.approx(cost.usd_total / cost.accepted_traces)
-    assert summary["cost"]["spent_usd"] == pytest.approx(report.spent_usd)
+    assert summary.cost["spent_usd"] == pytest.approx(report.spent_usd)
 
     # The dry run starts the same vLLM engine in its own process, runs 16 prompts and scales them to the run.
     estimate = dry_run_json(actor_config(str(tmp_path / "never-written")), tmp_path)
@@ -278,8 +278,8 @@ def test_a_dead_endpoint_stops_the_run_with_its_reason_and_a_rerun_completes_it_
 
         proxy.dead_after = None  # the endpoint is back
         second = run_generation(cfg)
-    assert second["status"] == "complete" and second["shards_skipped"] == 2 and second["failed_prompts"] == 0
-    assert second["engine_requests"] == count - 2 * per_shard  # nothing committed was asked again
+    assert second.status == "complete" and second.shards_skipped == 2 and second.failed_prompts == 0
+    assert second.engine_requests == count - 2 * per_shard  # nothing committed was asked again
     assert {p.name: p.read_bytes() for p in commits.glob("*.json") if p.name in before} == before
     assert_committed_exactly_once(out, count, n)
     report = RunReport.model_validate_json((Path(out) / "report.json").read_text())
