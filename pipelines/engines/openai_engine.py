@@ -32,6 +32,7 @@ import random
 from pathlib import Path
 from typing import Any
 
+from potstill.pipelines.engines.gather import gather_or_cancel
 from potstill.pipelines.engines.openai_api import (
     RequestRefused, chat_body, error_text, samples_from_response, status_kind,
 )
@@ -129,7 +130,7 @@ class OpenAIEngine:
             want = min(per_request, n - len(samples))
             calls = (n - len(samples)) // want
             body = chat_body(self.teacher, self.sampling, prompt, want, max_tokens)
-            responses = await _gather_or_cancel([self._post(body, prompt, want) for _ in range(calls)])
+            responses = await gather_or_cancel([self._post(body, prompt, want) for _ in range(calls)])
             got = 0
             for data in responses:
                 batch, usage = samples_from_response(data, self.sampling.logprobs)
@@ -210,14 +211,3 @@ class OpenAIEngine:
             await self._client.close()
             self._client = None
 
-
-async def _gather_or_cancel(coros: list) -> list:
-    """`asyncio.gather`, except that the first exception cancels the other requests before it propagates."""
-    tasks = [asyncio.ensure_future(c) for c in coros]
-    try:
-        return await asyncio.gather(*tasks)
-    except BaseException:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise

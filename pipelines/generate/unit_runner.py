@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from potstill.pipelines.engines.gather import gather_or_cancel
 from potstill.pipelines.engines.protocol import EngineFailure, Sample, TeacherEngine
 from potstill.pipelines.generate.plan import WorkUnit
 from potstill.pipelines.generate.reasoning import split_reasoning
@@ -61,17 +62,6 @@ def _judge_all(judge: Judge, prompt: PromptRecord, samples: list[Sample], attemp
         out.append(_Judged(s, reasoning, answer, verdict, attempt))
     return out
 
-
-async def _gather_or_cancel(coros: list) -> list:
-    """`asyncio.gather`, except that the first exception cancels the others before it propagates."""
-    tasks = [asyncio.ensure_future(c) for c in coros]
-    try:
-        return await asyncio.gather(*tasks)
-    except BaseException:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
 
 
 class _Refused(Exception):
@@ -135,7 +125,7 @@ class UnitRunner:
         self.units_started += 1
         self._add_pending(reserved * len(unit.prompts))
         encoded = self.engine.encode_chats([[m.model_dump() for m in p.messages] for p in unit.prompts])
-        results = await _gather_or_cancel([self._run_prompt(unit, p, ids, nonce, reserved)
+        results = await gather_or_cancel([self._run_prompt(unit, p, ids, nonce, reserved)
                                            for p, ids in zip(unit.prompts, encoded)])
         out = UnitResult(stats=ShardStats(prompts=len(unit.prompts)))
         for rows, failure, stats in results:
