@@ -99,8 +99,12 @@ def test_node_removed_mid_run_work_continues_on_the_remaining_node(s3_server, cl
         thread.join(300)
     assert "error" not in outcome, outcome.get("error")
     summary = outcome["summary"]
-    # The node died with the replica: its units are requeued, none blamed.
-    assert summary.replaced_for == {"node_lost": 1} and summary.units_requeued >= 1 and summary.units_retried == 0
+    # The node died with the replica. When Ray already says so ("its node has died") its units are requeued, none
+    # blamed; when the first error is the actor's closed socket (ActorUnavailableError, before the GCS marks the
+    # node dead) the replica counts as a dead actor and its lone unit is blamed once. Either way it is replaced once.
+    assert summary.replaced_for in ({"node_lost": 1}, {"actor_died": 1}), summary.replaced_for
+    if "node_lost" in summary.replaced_for:
+        assert summary.units_requeued >= 1 and summary.units_retried == 0
     assert_same_output(finished(uri, storage, summary), clean)
 
 
