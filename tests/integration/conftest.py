@@ -16,10 +16,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.slow)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def vllm_server_booting(tmp_path_factory):
     """`vllm serve` of the shipped teacher, launched but not waited for: a fixture that has other work to do first
-    (e.g. start a Ray cluster) requests this, so the server boots meanwhile; `vllm_server` then waits for it."""
+    (e.g. start a Ray cluster) requests this, so the server boots meanwhile; `vllm_server` then waits for it.
+
+    One per test module, stopped when the module ends: a server kept for the session would hold its memory and
+    its worker's pinned core through every later test (CPU training binds around a vLLM worker's core)."""
     import sys
 
     sys.path.insert(0, str(_HERE))  # importlib mode: the helper modules here are not importable by package
@@ -32,7 +35,7 @@ def vllm_server_booting(tmp_path_factory):
         server.__exit__()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def vllm_server(vllm_server_booting):
-    """One `vllm serve` of the shipped teacher for the whole session, ready (the API-teacher tests share it)."""
+    """The module's `vllm serve` of the shipped teacher, ready (a module's API-teacher tests share it)."""
     return vllm_server_booting.wait_ready()

@@ -1,7 +1,7 @@
 """The API teacher end to end: `vllm serve` (CPU build) of the shipped teacher as an OpenAI-compatible endpoint,
 real Ray replicas holding the `openai` engine, real Parquet commits.
 
-One server serves every test here (the session fixture `vllm_server`). The
+One server serves every test here (the module fixture `vllm_server`). The
 same 100 arithmetic prompts x 4 go once through vLLM replica actors (priced
 per CPU-hour) and once through the API; the API run must commit with the same
 invariants and verify within 5 points of the actor run. A proxy then answers
