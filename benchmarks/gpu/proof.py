@@ -56,6 +56,7 @@ class Sizes:
     prompt_words: tuple[int, int]
     prompts_per_shard: int
     kv_cache_gib: float | None
+    engine_kwargs: dict[str, Any]
     student: StudentRun
 
 
@@ -63,6 +64,7 @@ FULL = Sizes(
     teacher=TeacherShape.llama31_8b(), max_model_len=2048, prompts=2048,
     short_budget=(64, 384), long_budget=(1024, 1792), long_share=0.15, prompt_words=(12, 40),
     prompts_per_shard=256, kv_cache_gib=None,  # vLLM sizes the KV cache from gpu_memory_utilization
+    engine_kwargs={"load_format": "dummy"},  # torch.compile and CUDA graphs on: what production runs
     student=StudentRun(shape=StudentShape.qwen2_1p5b(), row_tokens=4096, micro_rows=4, warmup_steps=3, timed_steps=8,
                        topk=20, prompt_len=(64, 512), completion_len=(256, 3584)),
 )
@@ -70,6 +72,7 @@ TINY = Sizes(
     teacher=TeacherShape.tiny(), max_model_len=256, prompts=16,
     short_budget=(4, 12), long_budget=(48, 64), long_share=0.2, prompt_words=(2, 6),
     prompts_per_shard=8, kv_cache_gib=0.0625,
+    engine_kwargs={"load_format": "dummy", "enforce_eager": True},  # no torch.compile: ~45 s of CI saved per engine
     student=StudentRun(shape=StudentShape.tiny(), row_tokens=256, micro_rows=2, warmup_steps=1, timed_steps=2,
                        topk=4, prompt_len=(8, 32), completion_len=(16, 96)),
 )
@@ -99,7 +102,7 @@ def teacher_phase(sizes: Sizes, work: Path, logprobs: int) -> tuple[dict[str, An
     prompts = work / "prompts.jsonl"
     prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
     teacher = {"model": str(model), "dtype": "bfloat16", "max_model_len": sizes.max_model_len,
-               "engine_kwargs": {"load_format": "dummy"}}
+               "engine_kwargs": sizes.engine_kwargs}
     if sizes.kv_cache_gib:
         teacher["kv_cache_gib"] = sizes.kv_cache_gib
     sampling = {"n": 1, "temperature": 0.6, "max_tokens": max(r["max_tokens"] for r in rows), "ignore_eos": True,
@@ -188,7 +191,8 @@ def summarize(sizes: Sizes, spec: Any, gpus: int, bare: dict, piped: dict, cfg: 
                                   "equal": bare["output_tokens"] == piped["output_tokens"]},
         "sizes": {
             "teacher": asdict(sizes.teacher) | {"params": sizes.teacher.params(), "dtype": "bfloat16",
-                                                "max_model_len": sizes.max_model_len, "weights": "random (vLLM dummy)"},
+                                                "max_model_len": sizes.max_model_len, "weights": "random (vLLM dummy)",
+                                                "engine_kwargs": sizes.engine_kwargs},
             "prompts": sizes.prompts, "prompt_tokens_mean": round(sum(bare["prompt_tokens"]) / len(bare["prompt_tokens"]), 1),
             "output_budget": {"short": sizes.short_budget, "long": sizes.long_budget, "long_share": sizes.long_share,
                               "mean": round(sum(bare["budgets"]) / len(bare["budgets"]), 1)},

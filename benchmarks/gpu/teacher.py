@@ -95,9 +95,8 @@ def pipeline(cfg: Any) -> dict[str, Any]:
     def progress(p: dict[str, Any]) -> None:
         if time.monotonic() - last[0] > 10:
             last[0] = time.monotonic()
-            totals = p.get("totals") or {}
-            print(f"[gpu-proof] pipeline: {totals.get('prompts', 0)} prompts, {totals.get('completion_tokens', 0)} "
-                  "output tokens committed", file=sys.stderr, flush=True)
+            print(f"[gpu-proof] pipeline {p.get('phase')}: {p.get('shards_done', 0)}/{p.get('shards_total', 0)} shards, "
+                  f"{p.get('prompts_done', 0)}/{p.get('prompts_total', 0)} prompts", file=sys.stderr, flush=True)
 
     summary = run_generation(cfg, on_progress=progress)
     totals = summary["totals"]
