@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -61,11 +62,12 @@ class Sizes:
 
 
 FULL = Sizes(
-    teacher=TeacherShape.llama31_8b(), max_model_len=2048, prompts=2048,
+    teacher=TeacherShape.llama31_8b(), max_model_len=2048, prompts=1536,
     short_budget=(64, 384), long_budget=(1024, 1792), long_share=0.15, prompt_words=(12, 40),
     prompts_per_shard=256, kv_cache_gib=None,  # vLLM sizes the KV cache from gpu_memory_utilization
     engine_kwargs={"load_format": "dummy"},  # torch.compile and CUDA graphs on: what production runs
-    student=StudentRun(shape=StudentShape.qwen2_1p5b(), row_tokens=4096, micro_rows=4, warmup_steps=3, timed_steps=8,
+    # 2 rows of 4,096 a step: ~55 GiB with the optimizer state, so an 80 GiB H100 fits it too.
+    student=StudentRun(shape=StudentShape.qwen2_1p5b(), row_tokens=4096, micro_rows=2, warmup_steps=3, timed_steps=10,
                        topk=20, prompt_len=(64, 512), completion_len=(256, 3584)),
 )
 TINY = Sizes(
@@ -91,10 +93,10 @@ def json_stdout() -> Any:
     return os.fdopen(real, "w")
 
 
-def teacher_phase(sizes: Sizes, work: Path, logprobs: int) -> tuple[dict[str, Any], dict[str, Any], Any]:
-    """(plain vLLM result, pipeline result, the GenerationConfig both ran)."""
+def prepare_teacher(sizes: Sizes, work: Path, logprobs: int) -> tuple[Any, Path]:
+    """Write the teacher folder and the prompts; (the GenerationConfig both sides run, its JSON file)."""
     from benchmarks.gpu.models import write_teacher
-    from benchmarks.gpu.teacher import generation_config, pipeline, skewed_prompts
+    from benchmarks.gpu.teacher import generation_config, skewed_prompts
 
     model = write_teacher(work / "teacher", sizes.teacher, sizes.max_model_len)
     rows = skewed_prompts(sizes.prompts, sizes.short_budget, sizes.long_budget, sizes.long_share, seed=0,
@@ -110,22 +112,51 @@ def teacher_phase(sizes: Sizes, work: Path, logprobs: int) -> tuple[dict[str, An
     cfg = generation_config(prompts, str(work / "run"), teacher, sampling, sizes.prompts_per_shard)
     cfg_path = work / "generation.json"
     cfg_path.write_text(cfg.model_dump_json())
+    say(f"teacher: {len(rows)} prompts, {sum(r['max_tokens'] for r in rows)} output tokens asked")
+    return cfg, cfg_path
 
-    say(f"plain vLLM: {len(rows)} prompts, {sum(r['max_tokens'] for r in rows)} output tokens asked, own process")
+
+def bare_phase(cfg_path: Path, work: Path) -> dict[str, Any]:
+    """Plain vLLM in a process of its own (it exits, freeing the device, before the pipeline's replica starts)."""
+    say("plain vLLM: every prompt in one LLM.generate call")
     out = work / "bare.json"
-    subprocess.run([sys.executable, "-m", "benchmarks.gpu.teacher", "bare", str(cfg_path), str(out)], cwd=REPO,
-                   check=True, stdout=sys.stderr)
+    done = subprocess.run([sys.executable, "-m", "benchmarks.gpu.teacher", "bare", str(cfg_path), str(out)], cwd=REPO,
+                          stdout=sys.stderr)
+    if done.returncode != 0:
+        raise RuntimeError(f"the plain vLLM process exited with {done.returncode}; its log is above on stderr")
     bare = json.loads(out.read_text())
     say(f"plain vLLM: {bare['tok_s']:.0f} output tok/s ({bare['output_tokens']} tokens in {bare['seconds']:.1f} s)")
+    return bare
 
-    say("potstill pipeline: 1 replica, shards written and committed")
+
+def pipeline_phase(cfg: Any) -> dict[str, Any]:
     import ray
 
-    piped = pipeline(cfg)
-    ray.shutdown()
+    from benchmarks.gpu.teacher import pipeline
+
+    say("potstill pipeline: 1 replica, shards written and committed")
+    try:
+        piped = pipeline(cfg)
+    finally:
+        ray.shutdown()
     say(f"pipeline: {piped['tok_s']:.0f} output tok/s ({piped['output_tokens']} tokens in {piped['seconds']:.1f} s, "
         f"{piped['shards']} shards committed)")
-    return bare, piped, cfg
+    return piped
+
+
+def attempt(name: str, fn: Any, errors: dict[str, str], phases: dict[str, float]) -> Any:
+    """`fn()`, timed; on an exception its message lands in `errors` and None is returned, so the phases after it
+    still run and the JSON still reports what was measured (a GPU lent for minutes is not spent twice)."""
+    started = time.monotonic()
+    try:
+        return fn()
+    except Exception as exc:  # noqa: BLE001 - reported in the JSON, exit status 1
+        traceback.print_exc(file=sys.stderr)
+        errors[name] = f"{type(exc).__name__}: {exc}"[-2000:]
+        say(f"{name} FAILED: {errors[name]}")
+        return None
+    finally:
+        phases[name] = time.monotonic() - started
 
 
 def device_facts() -> tuple[str | None, int]:
@@ -137,84 +168,123 @@ def device_facts() -> tuple[str | None, int]:
     return name, count
 
 
-def summarize(sizes: Sizes, spec: Any, gpus: int, bare: dict, piped: dict, cfg: Any, student: dict,
-              phases: dict[str, float]) -> dict[str, Any]:
-    from benchmarks.gpu.roofline import decode_roofline, training_flops
+def _round(x: float | None, digits: int) -> float | None:
+    return None if x is None else round(x, digits)
 
-    roof = decode_roofline(bare["prompt_tokens"], bare["budgets"], sizes.teacher, spec, bare["max_num_seqs"],
-                           dtype_bytes=2, priority=cfg.teacher.schedule == "longest_first")
+
+def _div(a: float | None, b: float | None) -> float | None:
+    return None if a is None or not b else a / b
+
+
+def teacher_fields(sizes: Sizes, spec: Any, cfg: Any, bare: dict | None, piped: dict | None) -> dict[str, Any]:
+    """The teacher's keys (None where its phase failed)."""
+    from benchmarks.gpu.roofline import decode_roofline
+
+    roof = None
+    if bare is not None:
+        roof = decode_roofline(bare["prompt_tokens"], bare["budgets"], sizes.teacher, spec, bare["max_num_seqs"],
+                               dtype_bytes=2, priority=cfg.teacher.schedule == "longest_first")
+    bare_tok_s, pipe_tok_s = (bare or {}).get("tok_s"), (piped or {}).get("tok_s")
+    memory_tok_s = roof["memory_tok_s"] if roof else None
+    gpu_hour_usd = USD_PER_GPU_HOUR * cfg.teacher.tensor_parallel_size  # one replica
+    return {
+        "bare_vllm_output_tok_s": _round(bare_tok_s, 1),
+        "pipeline_output_tok_s": _round(pipe_tok_s, 1),
+        "pipeline_vs_bare_vllm_gpu": _round(_div(pipe_tok_s, bare_tok_s), 4),
+        "roofline_fraction": _round(_div(bare_tok_s, memory_tok_s), 4),
+        "roofline_fraction_pipeline": _round(_div(pipe_tok_s, memory_tok_s), 4),
+        "roofline_fraction_with_compute_ceiling": _round(_div(bare_tok_s, roof and roof["memory_and_compute_tok_s"]), 4),
+        "roofline_tok_s": _round(memory_tok_s, 1),
+        "roofline_method": None if roof is None else (
+            "plain vLLM output tok/s / memory-bandwidth roofline tok/s; the roofline replays this run's decode steps "
+            f"(all {len(bare['budgets'])} prompts at once, at most max_num_seqs={bare['max_num_seqs']} running, "
+            "longest budget first as the engine's priority schedule runs them) and charges each step "
+            f"(decode weights {roof['weight_bytes_per_step']} B in bf16, input embedding table excluded, + KV cache "
+            f"{roof['kv_bytes_per_context_token']} B per context token of every running sequence) / HBM "
+            f"{spec.hbm_bytes_per_s:.3g} B/s ({spec.source}); roofline = output tokens / summed step times; prefill "
+            "ignored. roofline_fraction_with_compute_ceiling: each step takes the larger of that and its FLOPs at the "
+            "dense bf16 peak"),
+        "roofline_details": None if roof is None else {k: round(v, 2) if isinstance(v, float) else v for k, v in roof.items()},
+        "usd_per_million_teacher_output_tokens": _round(_div(gpu_hour_usd / 3600 * 1e6, pipe_tok_s), 4),
+        "usd_per_million_teacher_output_tokens_bare_vllm": _round(_div(gpu_hour_usd / 3600 * 1e6, bare_tok_s), 4),
+        "usd_per_gpu_hour": USD_PER_GPU_HOUR,
+        "teacher_output_tokens": {"bare_vllm": (bare or {}).get("output_tokens"),
+                                  "pipeline": (piped or {}).get("output_tokens"),
+                                  "asked": sum(read_budgets(cfg)),
+                                  "equal": bare is not None and piped is not None
+                                  and bare["output_tokens"] == piped["output_tokens"]},
+        "teacher_seconds": {"bare_vllm": _round((bare or {}).get("seconds"), 2),
+                            "pipeline": _round((piped or {}).get("seconds"), 2)},
+    }
+
+
+def read_budgets(cfg: Any) -> list[int]:
+    from benchmarks.gpu.teacher import read_rows
+
+    return [r["max_tokens"] for r in read_rows(Path(cfg.prompts.path))]
+
+
+def student_fields(sizes: Sizes, spec: Any, student: dict | None) -> dict[str, Any]:
+    """The student's keys (None where its phase failed)."""
+    from benchmarks.gpu.roofline import training_flops
+
+    if student is None:
+        keys = ("student_tokens_per_s_per_gpu", "student_mfu", "student_mfu_method", "student_step_s_median",
+                "student_step_s", "student_packing_efficiency", "student_peak_memory_gib",
+                "student_attn_implementation", "student_final_loss")
+        return dict.fromkeys(keys)
     s = sizes.student
     head = s.shape.vocab * s.shape.hidden
     step_flops = training_flops(student["params"] - head, head, student["positions_per_step"],
                                 student["labelled_per_step"], student["doc_lengths_per_step"], s.shape.layers,
-                                s.shape.hidden) / (s.warmup_steps + s.timed_steps)
+                                s.shape.hidden) / s.steps
     step_s, world = student["step_s_median"], student["world"]
-    teacher_gpus = max(1, cfg.teacher.tensor_parallel_size) if gpus else 1
     return {
-        "bare_vllm_output_tok_s": round(bare["tok_s"], 1),
-        "pipeline_output_tok_s": round(piped["tok_s"], 1),
-        "pipeline_vs_bare_vllm_gpu": round(piped["tok_s"] / bare["tok_s"], 4),
-        "roofline_fraction": round(bare["tok_s"] / roof["memory_tok_s"], 4),
-        "roofline_fraction_pipeline": round(piped["tok_s"] / roof["memory_tok_s"], 4),
-        "roofline_fraction_with_compute_ceiling": round(bare["tok_s"] / roof["memory_and_compute_tok_s"], 4),
-        "roofline_tok_s": round(roof["memory_tok_s"], 1),
-        "roofline_method": (
-            "plain vLLM output tok/s / memory-bandwidth roofline tok/s; the roofline replays this run's decode steps "
-            f"(all {len(bare['budgets'])} prompts at once, at most max_num_seqs={bare['max_num_seqs']} running, "
-            f"longest budget first as the engine's priority schedule runs them) and charges each step "
-            f"(decode weights {roof['weight_bytes_per_step']} B, bf16, input embedding table excluded + KV cache "
-            f"{roof['kv_bytes_per_context_token']} B per context token of every running sequence) / HBM "
-            f"{spec.hbm_bytes_per_s:.3g} B/s ({spec.source}); output tokens / summed step times; prefill ignored. "
-            "roofline_fraction_with_compute_ceiling takes each step's max of that and its FLOPs at the dense bf16 peak"),
-        "roofline_details": {k: round(v, 2) if isinstance(v, float) else v for k, v in roof.items()},
         "student_tokens_per_s_per_gpu": round(student["positions_per_step"] / world / step_s, 1),
         "student_mfu": round(step_flops / world / step_s / spec.bf16_dense_flops, 4),
         "student_mfu_method": (
-            "model FLOPs per step / step time / workers / dense bf16 peak "
+            "model FLOPs per step / median step time / workers / dense bf16 peak "
             f"{spec.bf16_dense_flops:.3g} FLOP/s ({spec.source}); FLOPs = 6 x decoder params x positions + 6 x "
             "output projection params x labelled positions (the chunked loss projects only those) + causal attention "
             "within each packed document (6 x layers x hidden x length^2); tokens = packed row positions"),
         "student_step_s_median": round(step_s, 4),
         "student_step_s": student["step_s"],
         "student_packing_efficiency": round(student["packing_efficiency"], 4),
-        "student_peak_memory_gib": None if student["peak_memory_gib"] is None else round(student["peak_memory_gib"], 1),
+        "student_peak_memory_gib": _round(student["peak_memory_gib"], 1),
         "student_attn_implementation": student["attn_implementation"],
         "student_final_loss": round(student["final_loss"], 4),
-        "usd_per_million_teacher_output_tokens": round(USD_PER_GPU_HOUR * teacher_gpus / 3600 / piped["tok_s"] * 1e6, 4),
-        "usd_per_million_teacher_output_tokens_bare_vllm": round(USD_PER_GPU_HOUR * teacher_gpus / 3600 / bare["tok_s"] * 1e6, 4),
-        "usd_per_gpu_hour": USD_PER_GPU_HOUR,
-        "gpu_name": spec.name,
-        "gpus": gpus,
-        "device_spec": {"hbm_bytes_per_s": spec.hbm_bytes_per_s, "bf16_dense_flops": spec.bf16_dense_flops,
-                        "source": spec.source},
-        "teacher_output_tokens": {"bare_vllm": bare["output_tokens"], "pipeline": piped["output_tokens"],
-                                  "equal": bare["output_tokens"] == piped["output_tokens"]},
-        "sizes": {
-            "teacher": asdict(sizes.teacher) | {"params": sizes.teacher.params(), "dtype": "bfloat16",
-                                                "max_model_len": sizes.max_model_len, "weights": "random (vLLM dummy)",
-                                                "engine_kwargs": sizes.engine_kwargs},
-            "prompts": sizes.prompts, "prompt_tokens_mean": round(sum(bare["prompt_tokens"]) / len(bare["prompt_tokens"]), 1),
-            "output_budget": {"short": sizes.short_budget, "long": sizes.long_budget, "long_share": sizes.long_share,
-                              "mean": round(sum(bare["budgets"]) / len(bare["budgets"]), 1)},
-            "max_num_seqs": bare["max_num_seqs"], "logprobs": cfg.sampling.logprobs,
-            "prompts_per_shard": sizes.prompts_per_shard, "shards": piped["shards"],
-            "student": asdict(s.shape) | {"params": student["params"], "row_tokens": s.row_tokens,
-                                          "micro_rows": s.micro_rows, "warmup_steps": s.warmup_steps,
-                                          "timed_steps": s.timed_steps, "topk": s.topk, "workers": world,
-                                          "fsdp": "FSDP2, bf16 params / fp32 reduce",
-                                          "activation_checkpointing": s.activation_checkpointing},
-        },
-        "phase_s": {k: round(v, 1) for k, v in phases.items()},
-        "wall_s": round(time.monotonic() - STARTED, 1),
+    }
+
+
+def size_fields(sizes: Sizes, cfg: Any, bare: dict | None, piped: dict | None, student: dict | None,
+                world: int) -> dict[str, Any]:
+    budgets = read_budgets(cfg)
+    s = sizes.student
+    return {
+        "teacher": asdict(sizes.teacher) | {"params": sizes.teacher.params(), "dtype": "bfloat16",
+                                            "max_model_len": sizes.max_model_len, "weights": "random (vLLM dummy)",
+                                            "engine_kwargs": sizes.engine_kwargs},
+        "prompts": len(budgets),
+        "prompt_tokens_mean": None if bare is None else round(sum(bare["prompt_tokens"]) / len(bare["prompt_tokens"]), 1),
+        "output_budget": {"short": sizes.short_budget, "long": sizes.long_budget, "long_share": sizes.long_share,
+                          "mean": round(sum(budgets) / len(budgets), 1), "total": sum(budgets)},
+        "max_num_seqs": (bare or {}).get("max_num_seqs"), "logprobs": cfg.sampling.logprobs,
+        "prompts_per_shard": sizes.prompts_per_shard, "shards": (piped or {}).get("shards"),
+        "student": asdict(s.shape) | {"params": (student or {}).get("params"), "row_tokens": s.row_tokens,
+                                      "micro_rows": s.micro_rows, "warmup_steps": s.warmup_steps,
+                                      "timed_steps": s.timed_steps, "topk": s.topk, "workers": world,
+                                      "fsdp": "FSDP2, bf16 params / fp32 reduce",
+                                      "activation_checkpointing": s.activation_checkpointing},
     }
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="Tiny models, same code paths (CI on CPU).")
-    parser.add_argument("--prompts", type=int, help="Teacher prompts (default: 2048, tiny 16).")
+    parser.add_argument("--prompts", type=int, help=f"Teacher prompts (default: {FULL.prompts}, tiny {TINY.prompts}).")
     parser.add_argument("--logprobs", type=int, default=0, help="Teacher top-k logprobs per token, both sides (default 0).")
-    parser.add_argument("--student-steps", type=int, help="Timed student steps (default: 8, tiny 2).")
+    parser.add_argument("--student-steps", type=int,
+                        help=f"Timed student steps (default: {FULL.student.timed_steps}, tiny {TINY.student.timed_steps}).")
     parser.add_argument("--keep", metavar="DIR", help="Work in DIR and keep it (default: a temporary folder, removed).")
     args = parser.parse_args(argv)
     sizes = TINY if args.tiny else FULL
@@ -229,24 +299,32 @@ def main(argv: list[str] | None = None) -> None:
 
     name, gpus = device_facts()
     spec = device_spec(name)
+    world = max(1, gpus)
     say(f"device: {name or 'CPU'} ({gpus} GPUs); {spec.source}; {'tiny' if args.tiny else 'full'} sizes")
     phases: dict[str, float] = {}
+    errors: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="potstill-gpu-proof-") as tmp:
         work = Path(args.keep) if args.keep else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        started = time.monotonic()
-        bare, piped, cfg = teacher_phase(sizes, work, args.logprobs)
-        phases["teacher"] = time.monotonic() - started
-        started = time.monotonic()
-        world = max(1, gpus)
+        cfg, cfg_path = prepare_teacher(sizes, work, args.logprobs)
+        bare = attempt("bare_vllm", lambda: bare_phase(cfg_path, work), errors, phases)
+        piped = attempt("pipeline", lambda: pipeline_phase(cfg), errors, phases)
         say(f"student: {sizes.student.shape} FSDP on {world} worker(s), {sizes.student.row_tokens}-token rows")
-        student = measure_student(sizes.student, world)
-        phases["student"] = time.monotonic() - started
-        say(f"student: {student['step_s_median']:.3f} s a step")
-    result = summarize(sizes, spec, gpus, bare, piped, cfg, student, phases)
-    result["mode"] = "tiny" if args.tiny else "full"
+        student = attempt("student", lambda: measure_student(sizes.student, world), errors, phases)
+        if student:
+            say(f"student: {student['step_s_median']:.3f} s a step")
+        result = {**teacher_fields(sizes, spec, cfg, bare, piped), **student_fields(sizes, spec, student),
+                  "gpu_name": spec.name, "gpus": gpus,
+                  "device_spec": {"hbm_bytes_per_s": spec.hbm_bytes_per_s, "bf16_dense_flops": spec.bf16_dense_flops,
+                                  "source": spec.source},
+                  "sizes": size_fields(sizes, cfg, bare, piped, student, world),
+                  "mode": "tiny" if args.tiny else "full", "errors": errors,
+                  "phase_s": {k: round(v, 1) for k, v in phases.items()},
+                  "wall_s": round(time.monotonic() - STARTED, 1)}
     out.write(json.dumps(result) + "\n")
     out.flush()
+    if errors:
+        raise SystemExit(f"[gpu-proof] failed phases: {', '.join(errors)} (the JSON says why)")
 
 
 if __name__ == "__main__":

@@ -82,8 +82,15 @@ def bare_vllm(cfg: Any) -> dict[str, Any]:
     seconds = time.perf_counter() - started
     tokens = sum(len(o.outputs[0].token_ids) for o in outs)
     return {"output_tokens": tokens, "seconds": seconds, "tok_s": tokens / seconds,
-            "max_num_seqs": llm.llm_engine.vllm_config.scheduler_config.max_num_seqs,
+            "max_num_seqs": engine_batch_capacity(llm),
             "prompt_tokens": [len(x) for x in ids], "budgets": [r["max_tokens"] for r in rows]}
+
+
+def engine_batch_capacity(llm: Any) -> int:
+    """The engine's max_num_seqs as it resolved it (vLLM picks a default per device when the config leaves it unset)."""
+    engine = getattr(llm, "llm_engine", None)
+    config = getattr(engine, "vllm_config", None) or llm.llm_engine.get_vllm_config()
+    return config.scheduler_config.max_num_seqs
 
 
 def pipeline(cfg: Any) -> dict[str, Any]:

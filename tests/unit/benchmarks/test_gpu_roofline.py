@@ -60,3 +60,15 @@ def test_device_table_matches_names_and_says_when_it_assumed():
 def test_training_flops_count_decoder_head_and_causal_attention_per_document():
     # 6 x 100 params x 10 positions + 6 x 20 head params x 4 labelled + 6 x 2 layers x 8 width x (3^2 + 7^2)
     assert training_flops(100, 20, 10, 4, [3, 7], layers=2, attn_width=8) == 6000 + 480 + 96 * 58
+
+
+def test_a_failing_phase_is_recorded_and_the_student_keys_stay_present_as_none():
+    from benchmarks.gpu.proof import TINY, attempt, student_fields
+
+    errors: dict[str, str] = {}
+    phases: dict[str, float] = {}
+    assert attempt("pipeline", lambda: 1 / 0, errors, phases) is None
+    assert errors == {"pipeline": "ZeroDivisionError: division by zero"} and "pipeline" in phases
+    assert attempt("student", lambda: 7, errors, phases) == 7 and "student" not in errors
+    fields = student_fields(TINY, CPU_NOMINAL, None)
+    assert fields["student_mfu"] is None and fields["student_tokens_per_s_per_gpu"] is None
