@@ -62,7 +62,7 @@ class Sizes:
 
 
 FULL = Sizes(
-    teacher=TeacherShape.llama31_8b(), max_model_len=2048, prompts=1536,
+    teacher=TeacherShape.llama31_8b(), max_model_len=2560, prompts=1536,
     short_budget=(64, 384), long_budget=(1024, 1792), long_share=0.15, prompt_words=(12, 40),
     prompts_per_shard=256, kv_cache_gib=None,  # vLLM sizes the KV cache from gpu_memory_utilization
     engine_kwargs={"load_format": "dummy"},  # torch.compile and CUDA graphs on: what production runs
@@ -172,6 +172,11 @@ def _round(x: float | None, digits: int) -> float | None:
     return None if x is None else round(x, digits)
 
 
+def _sig(x: float | None, digits: int = 4) -> float | None:
+    """`x` to `digits` significant digits (fractions far below 1 keep their precision)."""
+    return None if x is None else float(f"{x:.{digits}g}")
+
+
 def _div(a: float | None, b: float | None) -> float | None:
     return None if a is None or not b else a / b
 
@@ -190,10 +195,10 @@ def teacher_fields(sizes: Sizes, spec: Any, cfg: Any, bare: dict | None, piped: 
     return {
         "bare_vllm_output_tok_s": _round(bare_tok_s, 1),
         "pipeline_output_tok_s": _round(pipe_tok_s, 1),
-        "pipeline_vs_bare_vllm_gpu": _round(_div(pipe_tok_s, bare_tok_s), 4),
-        "roofline_fraction": _round(_div(bare_tok_s, memory_tok_s), 4),
-        "roofline_fraction_pipeline": _round(_div(pipe_tok_s, memory_tok_s), 4),
-        "roofline_fraction_with_compute_ceiling": _round(_div(bare_tok_s, roof and roof["memory_and_compute_tok_s"]), 4),
+        "pipeline_vs_bare_vllm_gpu": _sig(_div(pipe_tok_s, bare_tok_s)),
+        "roofline_fraction": _sig(_div(bare_tok_s, memory_tok_s)),
+        "roofline_fraction_pipeline": _sig(_div(pipe_tok_s, memory_tok_s)),
+        "roofline_fraction_with_compute_ceiling": _sig(_div(bare_tok_s, roof and roof["memory_and_compute_tok_s"])),
         "roofline_tok_s": _round(memory_tok_s, 1),
         "roofline_method": None if roof is None else (
             "plain vLLM output tok/s / memory-bandwidth roofline tok/s; the roofline replays this run's decode steps "
@@ -205,8 +210,8 @@ def teacher_fields(sizes: Sizes, spec: Any, cfg: Any, bare: dict | None, piped: 
             "ignored. roofline_fraction_with_compute_ceiling: each step takes the larger of that and its FLOPs at the "
             "dense bf16 peak"),
         "roofline_details": None if roof is None else {k: round(v, 2) if isinstance(v, float) else v for k, v in roof.items()},
-        "usd_per_million_teacher_output_tokens": _round(_div(gpu_hour_usd / 3600 * 1e6, pipe_tok_s), 4),
-        "usd_per_million_teacher_output_tokens_bare_vllm": _round(_div(gpu_hour_usd / 3600 * 1e6, bare_tok_s), 4),
+        "usd_per_million_teacher_output_tokens": _sig(_div(gpu_hour_usd / 3600 * 1e6, pipe_tok_s)),
+        "usd_per_million_teacher_output_tokens_bare_vllm": _sig(_div(gpu_hour_usd / 3600 * 1e6, bare_tok_s)),
         "usd_per_gpu_hour": USD_PER_GPU_HOUR,
         "teacher_output_tokens": {"bare_vllm": (bare or {}).get("output_tokens"),
                                   "pipeline": (piped or {}).get("output_tokens"),
@@ -241,7 +246,7 @@ def student_fields(sizes: Sizes, spec: Any, student: dict | None) -> dict[str, A
     step_s, world = student["step_s_median"], student["world"]
     return {
         "student_tokens_per_s_per_gpu": round(student["positions_per_step"] / world / step_s, 1),
-        "student_mfu": round(step_flops / world / step_s / spec.bf16_dense_flops, 4),
+        "student_mfu": _sig(step_flops / world / step_s / spec.bf16_dense_flops),
         "student_mfu_method": (
             "model FLOPs per step / median step time / workers / dense bf16 peak "
             f"{spec.bf16_dense_flops:.3g} FLOP/s ({spec.source}); FLOPs = 6 x decoder params x positions + 6 x "
