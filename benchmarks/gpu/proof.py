@@ -66,7 +66,7 @@ FULL = Sizes(
     short_budget=(64, 384), long_budget=(1024, 1792), long_share=0.15, prompt_words=(12, 40),
     prompts_per_shard=256, kv_cache_gib=None,  # vLLM sizes the KV cache from gpu_memory_utilization
     engine_kwargs={"load_format": "dummy"},  # torch.compile and CUDA graphs on: what production runs
-    # 2 rows of 4,096 a step: ~55 GiB with the optimizer state, so an 80 GiB H100 fits it too.
+    # 2 rows of 4,096 a step: by estimate (not measured) ~55 GiB with the optimizer state, meant to fit an 80 GiB H100.
     student=StudentRun(shape=StudentShape.qwen2_1p5b(), row_tokens=4096, micro_rows=2, warmup_steps=3, timed_steps=10,
                        topk=20, prompt_len=(64, 512), completion_len=(256, 3584)),
 )
