@@ -95,8 +95,8 @@ def pipeline(model: Path, rows: list[dict], work: Path, name: str) -> float:
         "output": {"uri": str(work / name), "prompts_per_shard": 128},
     })
     summary = run_generation(cfg)
-    assert summary["totals"]["prompts"] == len(rows), summary
-    return summary["totals"]["completion_tokens"] / summary["generation_s"]
+    assert summary.totals.prompts == len(rows), summary
+    return summary.totals.completion_tokens / summary.generation_s
 
 
 def writer_vs_pyarrow(work: Path, rows: int = 20_000) -> float:

@@ -25,8 +25,10 @@ def forwarded_env() -> dict[str, str]:
     return {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
 
 
-def ensure_ray(address: str | None = None, num_cpus: int | None = None, *, dashboard: bool = False) -> None:
+def ensure_ray(address: str | None = None, num_cpus: int | None = None, *, dashboard: bool = False) -> bool:
     """Join the cluster at `address` / RAY_ADDRESS, or start a new local one; idempotent.
+
+    Returns True when this call started a new local cluster (it lives as long as this process).
 
     Without an address the cluster is always a new local one (`address="local"`),
     never a stray cluster that `ray start` left on this machine. `dashboard`:
@@ -36,12 +38,13 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None, *, dashb
     import ray
 
     if ray.is_initialized():
-        return
+        return False
     address = address or os.environ.get("RAY_ADDRESS")
     env = {"RAY_DATA_LOG_LEVEL": os.environ.get("RAY_DATA_LOG_LEVEL", "WARNING"), **forwarded_env()}
     kwargs = {"runtime_env": {"env_vars": env}, "log_to_driver": True, "logging_level": "WARNING",
               "configure_logging": True}
     if address:
         ray.init(address=address, **kwargs)
-    else:
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, **kwargs)
+        return False
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, **kwargs)
+    return True

@@ -4,7 +4,10 @@
 
 A config with three mistakes gets one `ConfigError` listing all three, each
 with its key path and a hint, e.g.
-`sampling.temperture: unknown key; did you mean 'temperature'?`.
+`sampling.temperture: unknown key; did you mean 'temperature'?`. A file that
+is not UTF-8, not YAML, not a mapping at the top, or that repeats a key
+(YAML would silently keep the last one) is refused the same way, naming the
+line.
 """
 
 from __future__ import annotations
@@ -85,23 +88,74 @@ def validate_config(data: Any, model: type[M], source: str = "<config>") -> M:
         raise ConfigError(source, [_describe(model, e) for e in exc.errors()]) from None
 
 
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: Any, first: Any, again: Any):
+        super().__init__(f"key {key!r} appears twice (line {first.line + 1} and line {again.line + 1})")
+        self.key, self.problem_mark = key, again
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a mapping with a repeated key instead of keeping the last value."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise _DuplicateKey(key, seen[key], key_node.start_mark)
+            if isinstance(key, (str, int, float, bool)):
+                seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
+
+
+def _kind(value: Any) -> str:
+    return {list: "a list", str: "a string", int: "a number", float: "a number", bool: "true/false"}.get(
+        type(value), type(value).__name__)
+
+
+def _read_yaml(path: Path) -> Any:
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError(str(path), [f"line {line}: not UTF-8 (byte 0x{raw[exc.start]:02x} at byte {exc.start}); save "
+                                      "the file as UTF-8"]) from None
+    try:
+        return yaml.load(text, Loader=_StrictLoader)
+    except _DuplicateKey as exc:
+        raise ConfigError(str(path), [f"{exc}; YAML would keep only the last value, silently: keep one"]) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ConfigError(str(path), [f"{where}not valid YAML ({getattr(exc, 'problem', exc)}); fix the syntax"]) from None
+
+
+def _apply_overrides(data: dict[str, Any], overrides: dict[str, Any], source: str) -> None:
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        node = data
+        *parents, leaf = dotted.split(".")
+        for depth, key in enumerate(parents):
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                where = ".".join(parents[: depth + 1])
+                raise ConfigError(source, [f"{where}: expected a mapping of keys, got {_kind(node)}; cannot set "
+                                           f"{dotted} inside it"])
+        node[leaf] = value
+
+
 def load_config(path: str | Path, model: type[M], overrides: dict[str, Any] | None = None) -> M:
     """Read a YAML file into `model`; `overrides` are dotted keys (`output.uri`) applied first."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(str(path), [f"file not found; check the path (cwd: {Path.cwd()})"])
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        raise ConfigError(str(path), [f"{where}not valid YAML ({getattr(exc, 'problem', exc)}); fix the syntax"]) from None
-    for dotted, value in (overrides or {}).items():
-        if value is None:
-            continue
-        node = data
-        *parents, leaf = dotted.split(".")
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = value
+    data = _read_yaml(path)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(str(path), [f"<top level>: expected a mapping of keys (e.g. `prompts: ...`), got "
+                                      f"{_kind(data)}; a config file holds one mapping of sections"])
+    _apply_overrides(data, overrides or {}, str(path))
     return validate_config(data, model, str(path))

@@ -21,6 +21,7 @@ class TraceDataConfig(StrictModel):
     runs: list[str] = Field(min_length=1, description="Generation run output roots (local folders or s3:// URIs); only committed shards are read.")
     follow: bool = Field(default=False, description="Train on a live run: pick up shards as they commit, stop when `_SUCCESS` appears.")
     follow_poll_s: float = Field(default=2.0, gt=0, description="With follow: seconds between polls of the runs' commits.")
+    follow_idle_timeout_s: float = Field(default=1800, gt=0, description="With follow: a run without `_SUCCESS` that has committed nothing for this long (by the store's clock, so a restarted job does not wait again) is taken for dead and training stops with the fix: re-run its generation with the same run id, then this job; checkpoints are kept. Set it above your slowest shard's generation time.")
     verified_only: bool = Field(default=True, description="Keep only rows whose verifier said True.")
     require_stop: bool = Field(default=True, description="Keep only rows with finish_reason == stop.")
     max_completion_tokens: int | None = Field(default=None, gt=0, description="Drop rows with longer completions.")

@@ -83,7 +83,7 @@ class FollowSource:
     def __init__(
         self, state: "LoopState", reader: LocalReader, spec: PackSpec, device: "torch.device",
         watcher: "CommitWatcher | None", poll_s: float = 2.0,
-        on_wait: Callable[[int, bool], None] | None = None,
+        on_wait: Callable[[int, bool], None] | None = None, idle_timeout_s: float = 1800.0,
     ):
         self.state = state
         self.reader = reader
@@ -92,6 +92,7 @@ class FollowSource:
         self.watcher = watcher
         self.poll_s = poll_s
         self.on_wait = on_wait
+        self.idle_timeout_s = idle_timeout_s
         self.rank, self.world = _world()
         data = state.data
         data.setdefault("done", [])  # files of finished rounds, in order
@@ -129,7 +130,10 @@ class FollowSource:
             data["round"], in_round = None, 0
 
     def _next_round(self) -> tuple[list[str], bool]:
-        """Rank 0 waits for >= world new shards (or the end of the runs); all ranks get the same answer."""
+        """Rank 0 waits for >= world new shards (or the end of the runs); all ranks get the same answer, also
+        when a run's generator died (every rank raises its GeneratorStalledError)."""
+        from potstill.pipelines.distill.run_data import GeneratorStalledError
+
         pending: list[str] = []
         while True:
             reply = None
@@ -137,8 +141,16 @@ class FollowSource:
                 new, finished = self.watcher.poll()
                 pending += new
                 ready = finished or len(pending) >= self.world
-                reply = (pending if ready else [], finished, ready, len(self.watcher.seen))
-            files, finished, ready, seen = _broadcast(reply)
+                stalled = None
+                if not new and not ready:
+                    try:
+                        self.watcher.check_alive(self.idle_timeout_s)
+                    except GeneratorStalledError as exc:
+                        stalled = str(exc)
+                reply = (pending if ready else [], finished, ready, len(self.watcher.seen), stalled)
+            files, finished, ready, seen, stalled = _broadcast(reply)
+            if stalled is not None:
+                raise GeneratorStalledError(stalled)
             if ready:
                 return files, finished
             if self.on_wait is not None:

@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from potstill.pipelines.models.chat_encoding import encode_rendered_chats
+
 if TYPE_CHECKING:
     import pyarrow as pa
 
@@ -80,13 +82,19 @@ class TraceTokenizer:
         self.end_ids: list[int] = self._encode(assistant_end_text(tokenizer))
         self.stop_ids = {i for i in (tokenizer.eos_token_id, self.end_ids[-1] if self.end_ids else None) if i is not None}
 
-    def _encode(self, text: str) -> list[int]:
-        return list(self.tokenizer.encode(text, add_special_tokens=False))
+    def _encode(self, text: str, *, as_text: bool = False) -> list[int]:
+        """Ids of `text`; `as_text`: special-token text in it stays plain text (a completion, a message)."""
+        return list(self.tokenizer.encode(text, add_special_tokens=False, split_special_tokens=as_text))
 
     def prompt_ids(self, messages: Sequence[Mapping[str, str]]) -> list[int]:
-        """The prompt as the student sees it at inference: chat template plus generation prompt."""
+        """The prompt as the student sees it at inference: chat template plus generation prompt; special-token
+        text typed into a message stays text (`chat_encoding`), as it did for the teacher."""
         plain = [{"role": m["role"], "content": m["content"]} for m in messages]
-        return self._encode(self.tokenizer.apply_chat_template(plain, add_generation_prompt=True, tokenize=False))
+        rendered = self.tokenizer.apply_chat_template(plain, add_generation_prompt=True, tokenize=False)
+        (ids,) = encode_rendered_chats(self.tokenizer, [rendered], [plain])
+        if isinstance(ids, Exception):
+            raise ids
+        return ids
 
     def __call__(self, row: Mapping[str, Any]) -> TokenizedTrace:
         prompt = self.prompt_ids(row["messages"])
@@ -101,7 +109,7 @@ class TraceTokenizer:
             if stopped and completion[-1] not in self.stop_ids:
                 completion += self.end_ids
         else:
-            completion = self._encode(row["completion"]) + (self.end_ids if stopped else [])
+            completion = self._encode(row["completion"], as_text=True) + (self.end_ids if stopped else [])
         seq = np.asarray(prompt + completion, dtype=np.int32)
         input_ids, labels = seq[:-1].copy(), seq[1:].copy()
         labels[: len(prompt) - 1] = IGNORE_INDEX

@@ -4,6 +4,7 @@
       state_dir: /tmp/faults
       rules:
         - {action: engine_dead, marker: "What is 123 + 456?", times: 1}
+        - {action: hold, marker: "What is 500 + 250?", release_file: go}   # waits until state_dir/go exists
 
 `build_engine` wraps the real engine in `FaultyEngine` when rules are set, and
 the replica calls `crash_before_commit` between writing a shard and committing
@@ -17,10 +18,11 @@ it runs.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from potstill.pipelines.engines.protocol import EngineFailure, Generation, TeacherEngine
 from potstill.schemas.generation import FaultRule, FaultsConfig, OutputConfig
@@ -32,7 +34,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("potstill.faults")
 
-ENGINE_ACTIONS = frozenset({"engine_dead", "engine_failure", "hang", "exit"})
+ENGINE_ACTIONS = frozenset({"engine_dead", "engine_failure", "hang", "exit", "hold"})
+_HOLD_POLL_S = 0.2
 _NOTICE_S = 1.0  # after killing an engine's processes, time for its liveness monitor to mark it dead
 
 
@@ -73,6 +76,13 @@ class FaultPlan:
         return None
 
 
+def _prompt_key(prompt: Any) -> Any:
+    """A hashable key of an encoded prompt: token ids (vLLM) or a conversation (an API engine)."""
+    if prompt and all(isinstance(t, int) for t in prompt):
+        return tuple(prompt)
+    return json.dumps(prompt, sort_keys=True)
+
+
 def _kill_engine_processes() -> int:
     """SIGKILL this process's children (an engine's core and workers), wait for them; how many were killed."""
     import psutil
@@ -98,7 +108,7 @@ class FaultyEngine:
         self.plan = plan
         self.model_name = inner.model_name
         self.revision = inner.revision
-        self._marked: dict[tuple[int, ...], str] = {}  # token ids of prompts some rule matches -> their text
+        self._marked: dict[Any, str] = {}  # encoded prompts some rule matches -> their text
 
     @property
     def batch_capacity(self) -> int | None:
@@ -107,17 +117,16 @@ class FaultyEngine:
     async def start(self) -> None:
         await self.inner.start()
 
-    def encode_chats(self, conversations: list[list[dict[str, str]]]) -> list[list[int] | Exception]:
+    def encode_chats(self, conversations: list[list[dict[str, str]]]) -> list[Any | Exception]:
         encoded = self.inner.encode_chats(conversations)
-        for messages, ids in zip(conversations, encoded):
+        for messages, prompt in zip(conversations, encoded):
             text = prompt_text(messages)
-            if not isinstance(ids, Exception) and self.plan.matching(text, ENGINE_ACTIONS):
-                self._marked[tuple(ids)] = text
+            if not isinstance(prompt, Exception) and self.plan.matching(text, ENGINE_ACTIONS):
+                self._marked[_prompt_key(prompt)] = text
         return encoded
 
-    async def generate(self, prompt_token_ids: list[int], n: int, request_id: str,
-                       max_tokens: int | None = None) -> Generation:
-        text = self._marked.get(tuple(prompt_token_ids))
+    async def generate(self, prompt: Any, n: int, request_id: str, max_tokens: int | None = None) -> Generation:
+        text = self._marked.get(_prompt_key(prompt))
         rule = self.plan.firing(text, ENGINE_ACTIONS) if text is not None else None
         if rule is not None:
             log.warning("fault injection: %s on request %s", rule.action, request_id)
@@ -125,6 +134,12 @@ class FaultyEngine:
                 os._exit(17)
             if rule.action == "hang":
                 await asyncio.Event().wait()
+            if rule.action == "hold":  # a gate a test opens: the request waits for the file, then runs normally
+                release = os.path.join(self.plan.cfg.state_dir or "", rule.release_file or "")
+                with open(f"{release}.held", "a"):  # an observable state: something waits at this gate
+                    pass
+                while not os.path.exists(release):
+                    await asyncio.sleep(_HOLD_POLL_S)
             if rule.action == "engine_failure":
                 raise EngineFailure(f"injected engine failure on request {request_id}")
             if rule.action == "engine_dead":
@@ -133,7 +148,7 @@ class FaultyEngine:
                 # Let the engine's own monitor notice first, as it would have long before a real request arrived;
                 # the request below then meets the dead engine and raises the engine's own error.
                 await asyncio.sleep(_NOTICE_S)
-        return await self.inner.generate(prompt_token_ids, n, request_id, max_tokens)
+        return await self.inner.generate(prompt, n, request_id, max_tokens)
 
     async def shutdown(self) -> None:
         await self.inner.shutdown()

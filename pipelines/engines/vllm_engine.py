@@ -22,7 +22,8 @@ from typing import Any
 from potstill.pipelines.host.cpu_affinity import keep_frontend_off_worker_cores
 from potstill.pipelines.engines.cpu_memory import check_cpu_memory
 from potstill.pipelines.engines.protocol import EngineFailure, Generation, Sample
-from potstill.pipelines.models.assets import resolve_model, teacher_revision
+from potstill.pipelines.models.assets import resolve_model
+from potstill.pipelines.models.chat_encoding import encode_rendered_chats
 from potstill.schemas.generation import SamplingConfig, TeacherConfig
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,8 @@ class VllmEngine:
         self.sampling = sampling
         self.model_path = resolve_model(teacher.model)
         self.model_name = teacher.model
-        self.revision = teacher_revision(teacher.model, teacher.revision)
+        # The configured revision; a generation replica sets the run's pinned one (run.json), computed once per run.
+        self.revision = teacher.revision
         self._llm = None
         self._tokenizer = None
         self._params = None
@@ -161,18 +163,21 @@ class VllmEngine:
 
     def encode_chats(self, conversations: list[list[dict[str, str]]]) -> list[list[int] | Exception]:
         # Templates render one by one (a conversation the template rejects fails alone); the texts are
-        # tokenized in one batch call, which costs a fraction of one call per prompt.
+        # tokenized in one batch call, which costs a fraction of one call per prompt. Special-token text a user
+        # typed into a message stays text (`chat_encoding`): `<|end|>` in a prompt never ends the turn.
         out: list[list[int] | Exception] = []
         texts: list[str] = []
+        rendered: list[list[dict[str, str]]] = []
         for messages in conversations:
             try:
                 texts.append(self._tokenizer.apply_chat_template(
                     messages, add_generation_prompt=True, tokenize=False, chat_template=self.teacher.chat_template))
+                rendered.append(messages)
                 out.append([])
             except Exception as exc:  # noqa: BLE001 - returned in the conversation's place
                 out.append(exc)
-        encoded = iter(self._tokenizer(texts, add_special_tokens=False)["input_ids"]) if texts else iter(())
-        return [slot if isinstance(slot, Exception) else list(next(encoded)) for slot in out]
+        encoded = iter(encode_rendered_chats(self._tokenizer, texts, rendered))
+        return [slot if isinstance(slot, Exception) else next(encoded) for slot in out]
 
     async def generate(self, prompt_token_ids: list[int], n: int, request_id: str,
                        max_tokens: int | None = None) -> Generation:

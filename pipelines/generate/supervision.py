@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from potstill.pipelines.generate.plan import WorkUnit
+from potstill.pipelines.generate.reasons import failure_reason
 from potstill.pipelines.generate.unit_runner import UnitResult
 from potstill.schemas.manifest import FailedPrompt, ShardStats
 
@@ -87,7 +88,7 @@ def merge_results(unit: WorkUnit, parts: list[UnitResult]) -> UnitResult:
 
 def gave_up_result(unit: WorkUnit, reason: str, attempts: int) -> UnitResult:
     """The result of a unit whose prompts are recorded as failed: no rows, one FailedPrompt each."""
-    failed = [FailedPrompt(prompt_id=p.prompt_id, reason=reason[:500], attempts=attempts) for p in unit.prompts]
+    failed = [FailedPrompt(prompt_id=p.prompt_id, reason=failure_reason(reason), attempts=attempts) for p in unit.prompts]
     return UnitResult(failed=failed, stats=ShardStats(prompts=len(unit.prompts), failed_prompts=len(failed)))
 
 

@@ -4,9 +4,12 @@ Every prompt of the unit is in flight at once (the engine batches them
 continuously with the other units queued on the replica). With rejection
 sampling a prompt is re-asked until `accept_per_prompt` samples pass or
 `max_samples_per_prompt` have been drawn; every round is recorded in the
-row's `attempt`. A prompt the engine rejects (e.g. too long for the context)
-is recorded as failed; an `EngineFailure` propagates so the replica is
-replaced and the unit requeued. When a unit fails, its other prompts'
+row's `attempt`. A request that raises without breaking the engine (a
+transient error: one out-of-memory, an RPC blip; or a refusal such as a
+prompt too long for the context) is retried up to `request_attempts` times
+with a short backoff, then the prompt is recorded as failed with a redacted,
+bounded reason; an `EngineFailure` propagates so the replica is replaced and
+the unit requeued. When a unit fails, its other prompts'
 requests are cancelled (never left running in the engine), and request ids
 carry a per-run nonce so a retried unit never reuses a live request's id.
 """
@@ -23,6 +26,7 @@ from typing import Any, Protocol
 from potstill.pipelines.engines.protocol import EngineFailure, Sample, TeacherEngine
 from potstill.pipelines.generate.plan import WorkUnit
 from potstill.pipelines.generate.reasoning import split_reasoning
+from potstill.pipelines.generate.reasons import failure_reason
 from potstill.schemas.base import SCHEMA_VERSION
 from potstill.schemas.manifest import FailedPrompt, ShardStats
 from potstill.schemas.generation import SamplingConfig, VerifyConfig
@@ -77,17 +81,31 @@ async def _gather_or_cancel(coros: list) -> list:
         raise
 
 
+class _Refused(Exception):
+    """A request raised on every try (`reason` is ready for the failure record)."""
+
+    def __init__(self, reason: str, tries: int):
+        super().__init__(reason)
+        self.reason, self.tries = reason, tries
+
+
 class UnitRunner:
     """Runs work units on one engine; one instance lives in each replica."""
 
-    def __init__(self, engine: TeacherEngine, judge: Judge, sampling: SamplingConfig, verify: VerifyConfig):
+    def __init__(self, engine: TeacherEngine, judge: Judge, sampling: SamplingConfig, verify: VerifyConfig, *,
+                 request_attempts: int = 3, retry_delay_s: float = 0.5):
         self.engine = engine
+        self.request_attempts = request_attempts
+        self.retry_delay_s = retry_delay_s
         self.judge = judge
         self.sampling = sampling
         self.verify = verify
         self._sampling_json = json.dumps(sampling.model_dump(), sort_keys=True)
         self.requests = 0
         self.units_started = 0
+        # Everything the engine returned, including work of units that later failed (the run report's "failed" cost).
+        self.prompt_tokens_processed = 0
+        self.completion_tokens = 0
         # Samples asked of the engine (or about to be) and not yet returned: the controller's admission signal.
         self.sequences_pending = 0
         self._changed = asyncio.Event()
@@ -127,46 +145,46 @@ class UnitRunner:
         results = await _gather_or_cancel([self._run_prompt(unit, p, ids, nonce, reserved)
                                            for p, ids in zip(unit.prompts, encoded)])
         out = UnitResult(stats=ShardStats(prompts=len(unit.prompts)))
-        for prompt, (rows, failure, drawn, prompt_tokens, completion_tokens) in zip(unit.prompts, results):
+        for rows, failure, stats in results:
             out.rows.extend(rows)
             if failure is not None:
                 out.failed.append(failure)
-            out.stats = out.stats + ShardStats(
-                traces=len(rows), verified=sum(r["verified"] is True for r in rows),
-                rejected=sum(r["verified"] is False for r in rows), failed_prompts=int(failure is not None),
-                samples_drawn=drawn, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-            )
+            out.stats = out.stats + stats
         return out
 
-    async def _run_prompt(self, unit: WorkUnit, prompt: PromptRecord, ids: list[int] | Exception, nonce: str,
-                          reserved: int):
+    async def _run_prompt(self, unit: WorkUnit, prompt: PromptRecord, ids: Any, nonce: str,
+                          reserved: int) -> tuple[list[dict[str, Any]], FailedPrompt | None, ShardStats]:
         held = reserved  # this prompt's share of the unit's reserved count, until its first request takes it over
+        judged: list[_Judged] = []
+        prompt_tokens = [0]  # per round: prompt tokens the engine processed
         try:
             if isinstance(ids, Exception):  # a template that cannot render this conversation
-                return [], FailedPrompt(prompt_id=prompt.prompt_id, reason=f"chat template: {ids}", attempts=1), 0, 0, 0
+                failure = FailedPrompt(prompt_id=prompt.prompt_id, reason=failure_reason(f"chat template: {ids}"), attempts=1)
+                return [], failure, ShardStats(failed_prompts=1)
             target = self.verify.accept_per_prompt
             budget = self.verify.max_samples_per_prompt if target else self.sampling.n
-            judged: list[_Judged] = []
-            attempt, prompt_tokens = 0, 0
+            attempt, prompt_length = 0, 0
             while True:
                 accepted = sum(j.verified is True for j in judged)
                 if len(judged) >= budget or (target is None and judged) or (target and accepted >= target):
                     break
                 want = self.sampling.n if target is None else min(max(target - accepted, self.sampling.n), budget - len(judged))
-                self.requests += 1
                 self._add_pending(want - held)
                 held = 0
                 try:
-                    gen = await self.engine.generate(ids, want, f"{unit.shard_id}/{prompt.prompt_id[:16]}/{attempt}/{nonce}",
-                                                     max_tokens=prompt.max_tokens)
-                except EngineFailure:
-                    raise
-                except Exception as exc:  # the engine refused this prompt (too long, bad params): not the replica's fault
-                    return [], FailedPrompt(prompt_id=prompt.prompt_id, reason=f"{type(exc).__name__}: {exc}",
-                                            attempts=attempt + 1), len(judged), prompt_tokens, 0
+                    gen = await self._generate(ids, want, f"{unit.shard_id}/{prompt.prompt_id[:16]}/{attempt}/{nonce}",
+                                               prompt.max_tokens)
+                except _Refused as refused:  # every try raised: not the replica's fault, but this prompt gives up
+                    failure = FailedPrompt(prompt_id=prompt.prompt_id, reason=refused.reason, attempts=refused.tries)
+                    return [], failure, self._stats(judged, prompt_tokens, failed=True)
                 finally:
                     self._add_pending(-want)
-                prompt_tokens += gen.prompt_tokens
+                prompt_length = prompt_length or gen.prompt_tokens
+                if attempt:
+                    prompt_tokens.append(0)
+                prompt_tokens[-1] += gen.prompt_tokens_processed
+                self.prompt_tokens_processed += gen.prompt_tokens_processed
+                self.completion_tokens += sum(s.num_tokens for s in gen.samples)
                 if self.judge.blocking:  # math-verify or a user function: keep the event loop (and the batch) moving
                     judged.extend(await asyncio.to_thread(_judge_all, self.judge, prompt, gen.samples, attempt))
                 else:
@@ -176,9 +194,42 @@ class UnitRunner:
             if held:
                 self._add_pending(-held)
         kept = self._keep(judged, target)
-        rows = [self._row(unit, prompt, j, i, len(ids)) for i, j in enumerate(kept)]
-        completion_tokens = sum(len(j.sample.token_ids) for j in judged)
-        return rows, None, len(judged), prompt_tokens, completion_tokens
+        rows = [self._row(unit, prompt, j, i, prompt_length) for i, j in enumerate(kept)]
+        stats = self._stats(judged, prompt_tokens) + ShardStats(
+            traces=len(rows), verified=sum(r["verified"] is True for r in rows),
+            rejected=sum(r["verified"] is False for r in rows))
+        return rows, None, stats
+
+    @staticmethod
+    def _stats(judged: list[_Judged], prompt_tokens: list[int], failed: bool = False) -> ShardStats:
+        """Counts over every sample drawn for one prompt (kept or not), split the way the run report charges cost."""
+        accepted = [j for j in judged if j.verified is not False]
+        truncated = [j for j in judged if j.verified is False and j.sample.finish_reason == "length"]
+        resampled = [j for j in judged if j.attempt > 0]
+        return ShardStats(
+            failed_prompts=int(failed), samples_drawn=len(judged), prompt_tokens=sum(prompt_tokens),
+            completion_tokens=sum(j.sample.num_tokens for j in judged),
+            accepted_samples=len(accepted), accepted_tokens=sum(j.sample.num_tokens for j in accepted),
+            truncated_samples=len(truncated), truncated_tokens=sum(j.sample.num_tokens for j in truncated),
+            resampled_samples=len(resampled), resampled_accepted=sum(j.verified is not False for j in resampled),
+            resampled_prompt_tokens=sum(prompt_tokens[1:]),
+            resampled_completion_tokens=sum(j.sample.num_tokens for j in resampled),
+        )
+
+    async def _generate(self, ids: list[int], want: int, request_id: str, max_tokens: int | None):
+        """One engine request, retried (fresh request ids, short backoff) while it raises anything but EngineFailure."""
+        for tries in range(1, self.request_attempts + 1):
+            self.requests += 1
+            try:
+                return await self.engine.generate(ids, want, f"{request_id}/{tries}" if tries > 1 else request_id,
+                                                  max_tokens=max_tokens)
+            except EngineFailure:
+                raise
+            except Exception as exc:  # noqa: BLE001 - transient or a refusal: retried, then recorded
+                if tries == self.request_attempts:
+                    raise _Refused(failure_reason(f"{type(exc).__name__}: {exc}"), tries) from exc
+                await asyncio.sleep(self.retry_delay_s * 2 ** (tries - 1))
+        raise AssertionError("unreachable")
 
     def _keep(self, judged: list[_Judged], target: int | None) -> list[_Judged]:
         if target is not None:
@@ -197,7 +248,7 @@ class UnitRunner:
             "messages": [m.model_dump() for m in prompt.messages], "reference": prompt.reference,
             "completion": s.text, "reasoning": j.reasoning, "answer": j.answer,
             "finish_reason": s.finish_reason, "prompt_tokens": prompt_tokens,
-            "completion_tokens": len(s.token_ids), "completion_token_ids": s.token_ids,
+            "completion_tokens": s.num_tokens, "completion_token_ids": s.token_ids if s.completion_tokens is None else None,
             "topk_ids": s.topk_ids, "topk_logprobs": s.topk_logprobs,
             "verified": j.verified, "verifier": self.judge.name,
             "teacher_model": self.engine.model_name, "teacher_revision": self.engine.revision,

@@ -34,6 +34,8 @@ CHUNK_BYTES = 1 << 20
 READ_BLOCK_BYTES = 8 << 20
 """Remote read-ahead block: large enough for throughput, small enough to keep memory bounded."""
 PARQUET_BATCH_ROWS = 1024
+MAX_LINE_BYTES = 16 << 20
+"""Longest JSONL line read into memory; a longer one is skipped unread (a RowError), never buffered whole."""
 _SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".pq": "parquet",
              ".parq": "parquet"}
 _COMPRESSION = {".gz": "gzip", ".bz2": "bz2", ".xz": "lzma", ".zst": "zstd"}
@@ -180,30 +182,46 @@ def _open_binary(fs: Any, path: str, block_size: int = READ_BLOCK_BYTES) -> Bina
     return compr[compression](f, mode="rb")
 
 
-def _jsonl_rows(f: BinaryIO, start: int, name: str | None) -> Generator[RawRow, None, int]:
+def _jsonl_rows(f: BinaryIO, start: int, name: str | None,
+                max_line_bytes: int = MAX_LINE_BYTES) -> Generator[RawRow, None, int]:
     """Parse each non-blank line, numbered by line from `start`; returns the row number after the last line."""
     index = -1
-    for index, offset, line in _lines(f):
-        if line.strip():
+    for index, offset, line, size in _lines(f, max_line_bytes):
+        if line is None:
+            yield start + index, RowError(
+                start + index, WHOLE_ROW, f"the line is {size:,} bytes (at byte {offset:,} of the file), over the "
+                f"{max_line_bytes:,} a prompt row may take; it was skipped without being read whole. Move long "
+                "fields out of the prompt file, or split the row", "line_too_long", name), name
+        elif line.strip():
             yield start + index, _parse_line(start + index, line, offset, name, first=index == 0), name
     return start + index + 1
 
 
-def _lines(f: BinaryIO) -> Iterator[tuple[int, int, bytes]]:
-    """(line index, byte offset, line without its newline), reading fixed-size chunks."""
-    index, offset, parts = 0, 0, []
+def _lines(f: BinaryIO, max_bytes: int = MAX_LINE_BYTES) -> Iterator[tuple[int, int, bytes | None, int]]:
+    """(line index, byte offset, line without its newline, its size), reading fixed-size chunks.
+
+    A line longer than `max_bytes` comes back as None (with its full size): its bytes are dropped as they are
+    read, so memory holds at most `max_bytes` of one line.
+    """
+    index, offset, parts, size = 0, 0, [], 0
     while chunk := f.read(CHUNK_BYTES):
         start = 0
         while (end := chunk.find(b"\n", start)) != -1:
-            parts.append(chunk[start:end])
-            line = b"".join(parts) if len(parts) > 1 else parts[0]
-            parts = []
-            yield index, offset, line
-            index, offset, start = index + 1, offset + len(line) + 1, end + 1
+            size += end - start
+            if size <= max_bytes:
+                parts.append(chunk[start:end])
+                yield index, offset, b"".join(parts) if len(parts) > 1 else parts[0], size
+            else:
+                yield index, offset, None, size
+            index, offset, start, parts, size = index + 1, offset + size + 1, end + 1, [], 0
         if start < len(chunk):
-            parts.append(chunk[start:])
-    if parts:
-        yield index, offset, b"".join(parts)
+            size += len(chunk) - start
+            if size <= max_bytes:
+                parts.append(chunk[start:])
+            else:
+                parts = []  # too long: count the rest of the line, keep none of it
+    if size:
+        yield index, offset, b"".join(parts) if size <= max_bytes else None, size
 
 
 def _parse_line(row: int, line: bytes, offset: int, name: str | None, first: bool) -> dict[str, Any] | RowError:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from potstill.configs import GENERATION_DEMO, TRAINING_DEMO
+from potstill.schemas.results import GenerationStatus
 
 GENERATION_CONFIG = GENERATION_DEMO
 TRAINING_CONFIG = TRAINING_DEMO
@@ -49,7 +50,7 @@ def trained_questions(files: list[str], storage: Any = None) -> set[str]:
 
 def run_demo(
     out: str = "runs/demo", *, prompts: int = DEMO_PROMPTS, eval_problems: int = EVAL_PROBLEMS,
-    on_stage: Callable[[str], None] | None = None, on_generation: ProgressFn | None = None,
+    on_stage: Callable[[str], None] | None = None, on_generation: Callable[[GenerationStatus], None] | None = None,
     on_training: ProgressFn | None = None,
 ) -> dict[str, Any]:
     """Run the three stages; returns the summary (teacher_acc, student_acc, params, traces, out, ...)."""
@@ -87,15 +88,15 @@ def run_demo(
         "student_acc": student["accuracy"],
         "teacher_params": count_parameters(gen_cfg.teacher.model),
         "student_params": count_parameters(training["student"]),
-        "traces": generation["totals"]["traces"],
-        "verified_traces": generation["totals"]["verified"],
+        "traces": generation.totals.traces,
+        "verified_traces": generation.totals.verified,
         "eval_problems": len(problems),
         "train_steps": training["steps"],
         "packing_efficiency": training["packing_efficiency"],
         "kd_topk": training["topk_width"],
         "student": training["student"],
         "student_sample": student["sample"],
-        "generation_s": round(generation["elapsed_s"], 1),
+        "generation_s": round(generation.elapsed_s, 1),
         "training_s": training["elapsed_s"],
         "elapsed_s": round(time.time() - started, 1),
         "out": str(root),

@@ -129,6 +129,7 @@ def _first_commits(cfg: "TrainingConfig", on_progress: ProgressFn | None) -> lis
             return files
         if finished:
             raise ValueError(f"data.runs {cfg.data.runs} finished with no committed shards; generate traces into them first")
+        watcher.check_alive(cfg.data.follow_idle_timeout_s)  # a dead generator: stop with the fix, never wait forever
         if on_progress is not None:
             on_progress({"phase": "waiting for the first shard", "step": 0, "total_steps": None})
         time.sleep(cfg.data.follow_poll_s)
@@ -175,6 +176,7 @@ def run_training(
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from potstill.pipelines.distill.job_record import claim_job
     from potstill.pipelines.distill.faults import fault_from_env
     from potstill.pipelines.distill.local_reader import PackSpec
     from potstill.pipelines.distill.progress import TrainProgress
@@ -182,6 +184,9 @@ def run_training(
     from potstill.pipelines.distill.student import load_tokenizer
     from potstill.pipelines.jobs.train_worker import STUDENT_SUBDIR, train_func, worker_config
 
+    from potstill.pipelines.observe.redact import install_redaction
+
+    install_redaction(cfg.model_dump())
     started = time.time()
     check_follow(cfg)
     follow = cfg.data.follow and data_files is None
@@ -219,6 +224,7 @@ def run_training(
     elif total is None:
         total = FOLLOW_UNBOUNDED_STEPS
 
+    claim_job(cfg, data_files, follow)  # a resume with another config, worker count or data is refused here
     storage_path, storage_fs = _storage(cfg)
     run_dir = f"{storage_path.rstrip('/')}/{cfg.name}"
     board = ray.remote(TrainProgress).options(num_cpus=0).remote()

@@ -101,6 +101,9 @@ def train_func(config: dict[str, Any]) -> None:
     from potstill.pipelines.output.storage import is_remote
     from potstill.schemas.training import TrainingConfig
 
+    from potstill.pipelines.observe.redact import install_redaction
+
+    install_redaction(config["cfg"])  # every log record of this worker (Ray Train's, torch's, ours) redacted
     _quiet_reports()
     cfg = TrainingConfig.model_validate(config["cfg"])
     spec = PackSpec(**config["spec"])
@@ -152,7 +155,8 @@ def train_func(config: dict[str, Any]) -> None:
                 board.post.remote(phase="waiting for shards", shards_seen=seen)
 
         reader = LocalReader(spec, micro, SHUFFLE_BUFFER_ROWS, cfg.run.seed * 1000 + rank)
-        epoch_batches = FollowSource(state, reader, spec, device, watcher, poll_s=cfg.data.follow_poll_s, on_wait=on_wait)
+        epoch_batches = FollowSource(state, reader, spec, device, watcher, poll_s=cfg.data.follow_poll_s, on_wait=on_wait,
+                                     idle_timeout_s=cfg.data.follow_idle_timeout_s)
     else:
         from potstill.pipelines.distill.global_order import BlockRows, GlobalOrderSource
         from potstill.pipelines.jobs.train_dataset import fetch_block

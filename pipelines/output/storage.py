@@ -31,7 +31,7 @@ from potstill.schemas.generation import StorageConfig
 
 T = TypeVar("T")
 
-_TEMP_SUFFIX = ".potstill-tmp"
+TEMP_SUFFIX = ".potstill-tmp"
 
 # Error codes S3 (and S3-compatible stores) send for "try again later".
 _RETRYABLE_CODES = frozenset({
@@ -43,8 +43,16 @@ _RETRYABLE_CODES = frozenset({
 })
 
 
+PROBE_PREFIX = "_potstill_probe"
+"""Name prefix of short-lived probe objects at the root (conditional-create check, the store's clock); never part of a run."""
+
+
 class StorageUnavailableError(OSError):
     """A storage request still failed with a transient error after every retry."""
+
+
+class ConditionalWritesUnsupportedError(RuntimeError):
+    """The store does not implement conditional writes (`If-None-Match: *`), so exactly-once commits are impossible."""
 
 
 def is_remote(uri: str) -> bool:
@@ -104,10 +112,18 @@ def _transient_types() -> tuple[type[BaseException], ...]:
     return tuple(types)
 
 
+def is_not_implemented(exc: BaseException) -> bool:
+    """True when the store answered 501 NotImplemented: a missing feature, not a passing fault."""
+    code, status = error_code(exc)
+    return code == "NotImplemented" or status == 501
+
+
 def is_retryable(exc: BaseException) -> bool:
-    """True for errors worth retrying: 5xx, 429/throttling, timeouts, connection errors. Never other 4xx."""
+    """True for errors worth retrying: 5xx (but 501), 429/throttling, timeouts, connection errors. Never other 4xx."""
     if isinstance(exc, StorageUnavailableError):
         return False  # retries already exhausted below: never multiply the attempts
+    if is_not_implemented(exc):
+        return False  # the store lacks the feature: asking again gets the same answer
     code, status = error_code(exc)
     if code is not None or status is not None:
         return code in _RETRYABLE_CODES or status == 429 or (status is not None and status >= 500)
@@ -230,7 +246,7 @@ def s3_filesystem(storage: StorageConfig, policy: RetryPolicy | None = None):
         anon=storage.anonymous,
         client_kwargs=client_kwargs,
         config_kwargs={"retries": {"max_attempts": 1, "mode": "standard"}},
-        skip_instance_cache=True,
+        skip_instance_cache=False,  # one client per process and settings (fsspec drops it after a fork)
         use_listings_cache=False,
         retry_policy=policy or RetryPolicy(max_retries=storage.max_retries),
     )
@@ -293,7 +309,7 @@ class Storage:
         AWS S3 honours it since 2024-08; some S3-compatible stores accept the
         header and overwrite anyway. Call once when a run starts.
         """
-        rel = f"_potstill_probe/{uuid.uuid4().hex}"
+        rel = f"{PROBE_PREFIX}-{uuid.uuid4().hex}"
         try:
             if not self.put_if_absent(rel, b"1") or self.put_if_absent(rel, b"2"):
                 raise RuntimeError(
@@ -338,6 +354,11 @@ class Storage:
                 self.fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
                 return True
             except Exception as exc:
+                if is_not_implemented(exc):
+                    raise ConditionalWritesUnsupportedError(
+                        f"{self.uri_of(rel)}: the store answered 501 NotImplemented to a conditional write (PutObject "
+                        f"with If-None-Match: *). potstill's exactly-once commits need conditional writes; use AWS S3 "
+                        f"or an S3-compatible store (and version) that implements them") from None
                 if not (isinstance(exc, FileExistsError) or error_code(exc)[1] == 412):
                     raise
         elif self._local_create(rel, data):
@@ -383,7 +404,7 @@ class Storage:
             return
         final = self.path(rel)
         os.makedirs(os.path.dirname(final), exist_ok=True)
-        tmp = f"{final}.{uuid.uuid4().hex}{_TEMP_SUFFIX}"
+        tmp = f"{final}.{uuid.uuid4().hex}{TEMP_SUFFIX}"
         try:
             with open(tmp, "wb") as f:
                 yield f
@@ -482,6 +503,46 @@ class Storage:
                 raise FileNotFoundError(self.uri_of(rel)) from exc
             raise
 
+    def modified(self, rel: str) -> datetime:
+        """When the store last wrote `rel`, by the store's own clock (FileNotFoundError when absent)."""
+        if not self.remote:
+            return datetime.fromtimestamp(os.stat(self.path(rel)).st_mtime, timezone.utc)
+        bucket, key = self._split(rel)
+        try:
+            return self.fs.call_s3("head_object", Bucket=bucket, Key=key)["LastModified"].astimezone(timezone.utc)
+        except Exception as exc:
+            if error_code(exc)[1] == 404:
+                raise FileNotFoundError(self.uri_of(rel)) from exc
+            raise
+
+    def store_now(self) -> datetime:
+        """The store's current time: the modification time it gives a fresh probe object.
+
+        Ages of stored objects are measured against this, never against this
+        machine's clock, which may be skewed from the store's by minutes.
+        """
+        rel = f"{PROBE_PREFIX}-{uuid.uuid4().hex}"
+        self.put(rel, b"")
+        try:
+            return self.modified(rel)
+        finally:
+            self.delete(rel)
+
+    def top_level(self, limit: int = 16) -> list[str]:
+        """Up to `limit` names directly under the root (objects and folders), without listing deeper."""
+        if not self.remote:
+            try:
+                with os.scandir(self.root) as entries:
+                    return sorted(e.name for _, e in zip(range(limit), entries))
+            except (FileNotFoundError, NotADirectoryError):
+                return []
+        bucket, _, key = self.root.partition("/")
+        prefix = f"{key}/" if key else ""
+        page = self.fs.call_s3("list_objects_v2", Bucket=bucket, Prefix=prefix, Delimiter="/", MaxKeys=limit)
+        names = [p["Prefix"][len(prefix):].rstrip("/") for p in page.get("CommonPrefixes", [])]
+        names += [o["Key"][len(prefix):] for o in page.get("Contents", [])]
+        return sorted(names)[:limit]
+
     def list(self, rel_prefix: str = "") -> list[str]:
         """Relative paths of every object under the folder `rel_prefix`, sorted."""
         return [info.rel for info in self.list_info(rel_prefix)]
@@ -503,7 +564,7 @@ class Storage:
         else:
             for dirpath, _, files in os.walk(base):
                 for name in files:
-                    if name.endswith(_TEMP_SUFFIX) and not include_temp:
+                    if name.endswith(TEMP_SUFFIX) and not include_temp:
                         continue
                     full = os.path.join(dirpath, name)
                     try:
@@ -516,35 +577,51 @@ class Storage:
 
     # housekeeping --------------------------------------------------------
 
-    def clean_incomplete(self, rel_prefix: str, min_age_s: float = 0.0, dry_run: bool = False) -> list[str]:
-        """Remove abandoned partial writes under `rel_prefix` older than `min_age_s`.
+    def incomplete(self, rel_prefix: str) -> list[IncompleteWrite]:
+        """Partial writes under the folder `rel_prefix` that never became objects (or have not yet).
 
-        S3: aborts incomplete multipart uploads; local: deletes leftover temp
-        files. Returns what was (or, with dry_run, would be) removed.
+        S3: multipart uploads not completed; locally: temp files of
+        `open_write`/`put_if_absent`. Each names the object it was writing.
         """
-        cutoff = datetime.now(timezone.utc).timestamp() - min_age_s
-        removed: list[str] = []
+        found: list[IncompleteWrite] = []
         if not self.remote:
             for info in self.list_info(rel_prefix, include_temp=True):
-                if info.rel.endswith(_TEMP_SUFFIX) and info.modified.timestamp() <= cutoff:
-                    removed.append(info.rel)
-                    if not dry_run:
-                        self.delete(info.rel)
-            return removed
+                if info.rel.endswith(TEMP_SUFFIX):
+                    target = info.rel[: -len(TEMP_SUFFIX)].rsplit(".", 1)[0]
+                    found.append(IncompleteWrite(target, info.modified, info.rel, None))
+            return found
         bucket, key = self._split(rel_prefix)
         root_key = self.root.partition("/")[2]
         kw: dict[str, str] = {}
         while True:
             page = self.fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=key.rstrip("/") + "/", **kw)
             for upload in page.get("Uploads", []):
-                if upload["Initiated"].timestamp() <= cutoff:
-                    rel = upload["Key"][len(root_key):].lstrip("/")
-                    removed.append(f"{rel} (incomplete upload {upload['UploadId']})")
-                    if not dry_run:
-                        self.fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+                rel = upload["Key"][len(root_key):].lstrip("/")
+                found.append(IncompleteWrite(rel, upload["Initiated"].astimezone(timezone.utc), rel, upload["UploadId"]))
             if not page.get("IsTruncated"):
-                return removed
+                return found
             kw = {"KeyMarker": page["NextKeyMarker"], "UploadIdMarker": page["NextUploadIdMarker"]}
+
+    def discard(self, write: IncompleteWrite) -> None:
+        """Remove a partial write: abort the multipart upload, or delete the temp file."""
+        if write.upload_id is None:
+            self.delete(write.stored)
+            return
+        bucket, key = self._split(write.stored)
+        self.fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=key, UploadId=write.upload_id)
+
+
+@dataclass(frozen=True)
+class IncompleteWrite:
+    """A partial write: the object it was writing, when it started (store clock), what holds it."""
+
+    target: str  # the object's path relative to the root
+    started: datetime
+    stored: str  # local: the temp file's relative path; S3: the upload's key
+    upload_id: str | None  # S3 multipart upload id; None for a local temp file
+
+    def describe(self) -> str:
+        return f"{self.target} (incomplete upload {self.upload_id})" if self.upload_id else self.stored
 
 
 def _rebuild_storage(uri: str, config: StorageConfig, policy: RetryPolicy, part_size: int) -> Storage:
@@ -554,7 +631,7 @@ def _rebuild_storage(uri: str, config: StorageConfig, policy: RetryPolicy, part_
 def _durable_temp_copy(final: str, data: bytes) -> str:
     """`data` written and fsynced to a fresh temp file beside `final` (its folder created); returns its path."""
     os.makedirs(os.path.dirname(final), exist_ok=True)
-    tmp = f"{final}.{uuid.uuid4().hex}{_TEMP_SUFFIX}"
+    tmp = f"{final}.{uuid.uuid4().hex}{TEMP_SUFFIX}"
     try:
         with open(tmp, "xb") as f:
             f.write(data)

@@ -4,6 +4,8 @@
 
 A Judge is built from `VerifyConfig` alone, so it pickles as its config and
 is rebuilt (user callable re-imported) inside the Ray actor that runs it.
+`math` and `callable` verdicts run in a verifier process under
+`verify.timeout_s` (`isolated.py`): one that takes longer is judged False.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from typing import Callable
 
 from potstill.pipelines.verify.exact import exact_match
 from potstill.pipelines.verify.filters import failed_filter
-from potstill.pipelines.verify.math import math_equal
+from potstill.pipelines.verify.isolated import CheckError, IsolatedChecker, shared_checker
 from potstill.pipelines.verify.user_callable import FIELD, load_callable
 from potstill.schemas.generation import VerifyConfig
 
@@ -40,9 +42,19 @@ class Judge:
 
     @property
     def blocking(self) -> bool:
-        """Whether a verdict may take long (math-verify parses with sympy; a user function is unknown), so
-        callers on an event loop run it in a thread; `none` and `exact` are cheap enough to run inline."""
+        """Whether a verdict waits on the verifier process (math-verify parses with sympy; a user function is
+        unknown), so callers on an event loop run it in a thread; `none` and `exact` are cheap enough inline."""
         return self.config.method in ("math", "callable")
+
+    @property
+    def checker(self) -> IsolatedChecker:
+        """The verifier process pool that runs this judge's verdicts (shared by the process's judges)."""
+        return shared_checker(self.config.timeout_s)
+
+    def warm_up(self) -> None:
+        """Start the verifier process now, if this judge needs one (a replica calls it while its engine loads)."""
+        if self.blocking:
+            self.checker.warm_up()
 
     def rejection_reason(
         self, *, finish_reason: str, completion_tokens: int, has_reasoning: bool
@@ -82,19 +94,17 @@ class Judge:
         if reference is None:
             return None
         if method == "math":
-            return math_equal(answer_text, reference)
+            return bool(self.checker.check("math", answer_text, reference))
         return exact_match(answer_text, reference)
 
     def _call_user(self, completion: str, reference: str | None) -> bool | None:
-        assert self._function is not None
         try:
-            verdict = self._function(completion, reference)
-        except Exception as exc:
+            return self.checker.check("callable", self.config.function, completion, reference)
+        except CheckError as exc:
             raise VerifierError(
-                f"{FIELD}={self.config.function!r} raised {type(exc).__name__}: {exc}; "
+                f"{FIELD}={self.config.function!r} raised {exc}; "
                 "fix the function so it returns True/False (or None for no verdict) for every sample"
-            ) from exc
-        return None if verdict is None else bool(verdict)
+            ) from None
 
     def __reduce__(self) -> tuple[type["Judge"], tuple[VerifyConfig]]:
         # Pickle as the config only; the user callable is re-imported where the Judge lands.

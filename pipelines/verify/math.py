@@ -32,6 +32,8 @@ BARE_MATH_MAX_CHARS = 200
 
 _GSM8K_MARK = "####"
 _PROSE_WORD = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{3,}")  # a word that is not a LaTeX command
+# Words that are LaTeX, not prose: a \text{...} answer (`\text{east}`), an environment's name (`pmatrix`).
+_LATEX_WORDS = re.compile(r"\\(?:text[a-z]*|math[a-z]*|mbox|operatorname|begin|end)\s*\{[^{}]*\}")
 _DELIMITERS = ("$", "\\(", "\\[", "\\boxed")
 
 
@@ -63,13 +65,14 @@ def _final_segment(text: str) -> str:
     return text.strip()[-MAX_ANSWER_CHARS:]
 
 
+def _is_short_bare(text: str) -> bool:
+    return len(text) <= BARE_MATH_MAX_CHARS and not any(d in text for d in _DELIMITERS)
+
+
 def _is_bare_math(text: str) -> bool:
-    """True for short delimiter-less math like `\\sqrt{2}/2`, `(1, 2]` or `1,000` (no prose words)."""
-    return (
-        len(text) <= BARE_MATH_MAX_CHARS
-        and not any(d in text for d in _DELIMITERS)
-        and _PROSE_WORD.search(text) is None
-    )
+    """True for short delimiter-less math like `\\sqrt{2}/2`, `(1, 2]`, `1,000`, `\\text{east}` or a
+    `pmatrix` (no prose words outside LaTeX's own)."""
+    return _is_short_bare(text) and _PROSE_WORD.search(_LATEX_WORDS.sub(" ", text)) is None
 
 
 def _has_math(parsed: list[Any]) -> bool:
@@ -89,7 +92,11 @@ def extract_answer(text: str) -> list[Any]:
         parsed = mv.parse(f"${segment}$", extraction_config=config, parsing_timeout=None)
         if _has_math(parsed):
             return parsed
-    return mv.parse(segment, extraction_config=config, parsing_timeout=None)
+    parsed = mv.parse(segment, extraction_config=config, parsing_timeout=None)
+    if not parsed and _is_short_bare(segment):
+        # A short answer in words (`Monday`, `east`): what math-verify makes of it as LaTeX, as it would of a gold.
+        parsed = mv.parse(f"${segment}$", extraction_config=config, parsing_timeout=None)
+    return parsed
 
 
 def math_equal(answer: str, reference: str) -> bool:

@@ -20,6 +20,8 @@ from potstill.cli import (
     inspect,
     logs,
     plan,
+    scale,
+    status,
     stop,
     submit,
     teacher,
@@ -34,6 +36,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.command("generate")(generate.generate)
+app.command("status")(status.status)
+app.command("scale")(scale.scale)
 app.command("inspect")(inspect.inspect)
 app.command("gc")(gc.gc)
 app.command("export")(export.export)

@@ -9,6 +9,7 @@ from typing import Any, TextIO
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from potstill.schemas.generation import StorageConfig
 
@@ -16,8 +17,10 @@ console = Console(stderr=True)
 
 
 def fail(message: str, code: int = 2) -> None:
-    """Print an error (no traceback) and exit."""
-    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    """Print an error (no traceback, credentials redacted) and exit."""
+    from potstill.pipelines.observe.redact import redact
+
+    console.print(f"[bold red]error:[/] {escape(redact(message))}", highlight=False)
     raise typer.Exit(code)
 
 

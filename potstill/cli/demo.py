@@ -8,6 +8,7 @@ from typing import Any
 import typer
 
 from potstill.cli.common import console, fail, print_json, reserve_stdout_for_json
+from potstill.schemas.results import GenerationStatus
 
 
 def _generation_bar(disable: bool) -> tuple[Any, Any]:
@@ -18,11 +19,11 @@ def _generation_bar(disable: bool) -> tuple[Any, Any]:
                    console=console, disable=disable)
     task = bar.add_task("starting teacher", total=None, traces=0, acc="-")
 
-    def update(p: dict[str, Any]) -> None:
-        t = p["totals"]
-        judged = t["verified"] + t["rejected"]
-        bar.update(task, description=p["phase"], total=p["prompts_total"] or None, completed=p["prompts_done"],
-                   traces=t["traces"], acc=f"{t['verified'] / judged:.0%}" if judged else "-")
+    def update(p: GenerationStatus) -> None:
+        t = p.totals
+        judged = t.verified + t.rejected
+        bar.update(task, description=p.phase, total=p.prompts_total or None, completed=p.prompts_done,
+                   traces=t.traces, acc=f"{t.verified / judged:.0%}" if judged else "-")
 
     return bar, update
 

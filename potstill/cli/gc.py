@@ -1,4 +1,4 @@
-"""`potstill gc OUT`: delete data objects no commit names (crashed attempts)."""
+"""`potstill gc OUT`: delete attempt objects of a run that no commit names and none ever can (crashed attempts)."""
 
 from __future__ import annotations
 
@@ -7,25 +7,33 @@ from typing import Optional
 
 import typer
 
-from potstill.cli.common import EndpointOption, console, print_json, reserve_stdout_for_json, storage_from
+from potstill.cli.common import EndpointOption, console, fail, print_json, reserve_stdout_for_json, storage_from
 
 
 def gc(
-    out: str = typer.Argument(..., help="Run output root (local folder or s3://...)."),
+    out: str = typer.Argument(..., help="Run output root (local folder or s3://...); must hold potstill's run.json."),
     dry_run: bool = typer.Option(False, "--dry-run", help="List what would be deleted, delete nothing."),
     min_age_s: float = typer.Option(
         900.0, "--min-age-s",
-        help="Only delete uncommitted objects older than this: a live run's attempt exists briefly before its "
-             "commit. Use 0 when no run is writing to OUT."),
+        help="Only delete objects older than this, by the store's clock (never this machine's). Use 0 when no run "
+             "is writing to OUT."),
+    force: bool = typer.Option(
+        False, "--force",
+        help="Also delete attempts of shards that have no commit yet in an unfinished run. Only when no writer of "
+             "the run is running (a paused writer could still commit them)."),
     endpoint_url: Optional[str] = EndpointOption,
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
-    """Remove uncommitted attempts of a run; committed shards are never touched."""
+    """Remove uncommitted attempts of a run; committed shards and files potstill did not write are never touched."""
     if json_out:
         reserve_stdout_for_json()
     from potstill.pipelines.output.commit import gc_run
+    from potstill.pipelines.output.run_record import NotARunError
 
-    report = gc_run(out, storage_from(endpoint_url), dry_run=dry_run, min_age_s=min_age_s)
+    try:
+        report = gc_run(out, storage_from(endpoint_url), dry_run=dry_run, min_age_s=min_age_s, force=force)
+    except NotARunError as exc:
+        fail(str(exc))
     if json_out:
         print_json(asdict(report))
         return
@@ -35,3 +43,10 @@ def gc(
                   f"{len(report.incomplete)} incomplete upload(s)/temp file(s) cleaned", highlight=False)
     for rel in report.removed:
         console.print(f"  {rel}", highlight=False)
+    if report.skipped_live:
+        console.print(f"run not finished: kept {len(report.skipped_live)} attempt(s) of shards with no commit yet (a "
+                      "live or paused writer may still commit them); --force removes them when no writer runs",
+                      highlight=False)
+    if report.foreign:
+        console.print(f"left {len(report.foreign)} file(s) under data/ that potstill did not write, e.g. "
+                      f"{report.foreign[0]}", highlight=False)

@@ -71,6 +71,7 @@ def train(
     if json_out:
         reserve_stdout_for_json()
     from potstill.pipelines.jobs.run_training import run_training
+    from potstill.pipelines.observe.redact import install_redaction
     from potstill.schemas import ConfigError, load_config
     from potstill.schemas.training import TrainingConfig
 
@@ -80,6 +81,7 @@ def train(
         cfg = load_config(config, TrainingConfig, overrides)
     except ConfigError as exc:
         fail(str(exc))
+    install_redaction(cfg.model_dump())  # log records and error lines of this driver carry no config secret
     with TrainBar(disable=json_out) as bar:
         try:
             summary = run_training(cfg, address=address, on_progress=bar)

@@ -22,6 +22,7 @@ from potstill.pipelines.arithmetic.problems import fresh_problems
 from potstill.pipelines.output.commit import committed_data_files, read_manifest
 from potstill.pipelines.output.storage import Storage, filesystem_for, s3_filesystem
 from potstill.schemas import GenerationConfig, RunManifest, StorageConfig
+from potstill.schemas.results import GenerationSummary
 
 COUNT, PER_SHARD, N, SEED = 50, 10, 2, 4321
 SHARDS = COUNT // PER_SHARD
@@ -82,7 +83,7 @@ class Finished:
     storage: StorageConfig
     manifest: RunManifest
     keys: list[tuple[str, int]]
-    summary: dict[str, Any]
+    summary: GenerationSummary
 
     @property
     def key_set(self) -> set[tuple[str, int]]:
@@ -95,7 +96,7 @@ class Finished:
         return PromptRecord.from_messages([Message(role="user", content=text)], source_row=0).prompt_id
 
 
-def finished(uri: str, storage: StorageConfig, summary: dict[str, Any]) -> Finished:
+def finished(uri: str, storage: StorageConfig, summary: GenerationSummary) -> Finished:
     return Finished(uri, storage, read_manifest(uri, storage), read_keys(uri, storage), summary)
 
 

@@ -14,3 +14,25 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if _HERE in Path(str(item.fspath)).resolve().parents:
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(scope="session")
+def vllm_server_booting(tmp_path_factory):
+    """`vllm serve` of the shipped teacher, launched but not waited for: a fixture that has other work to do first
+    (e.g. start a Ray cluster) requests this, so the server boots meanwhile; `vllm_server` then waits for it."""
+    import sys
+
+    sys.path.insert(0, str(_HERE))  # importlib mode: the helper modules here are not importable by package
+    from vllm_server import VllmServer
+
+    server = VllmServer(tmp_path_factory.mktemp("vllm-serve")).launch()
+    try:
+        yield server
+    finally:
+        server.__exit__()
+
+
+@pytest.fixture(scope="session")
+def vllm_server(vllm_server_booting):
+    """One `vllm serve` of the shipped teacher for the whole session, ready (the API-teacher tests share it)."""
+    return vllm_server_booting.wait_ready()

@@ -21,6 +21,7 @@ from chaos_support import (  # noqa: E402
     question, replica_handles, wait_for,
 )
 
+from potstill.cluster.ray_pool import RayReplicaPool  # noqa: E402
 from potstill.pipelines.generate.controller import GenerationController  # noqa: E402
 from potstill.schemas import StorageConfig  # noqa: E402
 
@@ -58,16 +59,19 @@ def test_node_removed_mid_run_work_continues_on_the_remaining_node(s3_server, cl
     storage = StorageConfig(endpoint_url=s3_server)
     uri = new_bucket(s3_server) + "/node"
     # The last shard hangs once, on the first replica, so the node is removed while that shard is in flight
-    # (without it the few remaining shards can all commit between the check and the removal).
+    # (without it the few remaining shards can all commit between the check and the removal). Its deadline
+    # outlasts the test's waits: on a loaded machine the hung shard still cannot commit before the removal.
     faults = {"state_dir": str(tmp_path / "faults"), "rules": [
         {"action": "hang", "marker": question((SHARDS - 1) * PER_SHARD + 2), "times": 1}]}
-    cfg = chaos_config(uri, "chaos-node", storage, faults=faults, replicas=EXACT_SLOTS)
+    cfg = chaos_config(uri, "chaos-node", storage, faults=faults, replicas={**EXACT_SLOTS, "unit_timeout_s": 600})
     controller = GenerationController(cfg, uri)  # in the driver, on the head
     outcome: dict = {}
 
     def drive() -> None:
+        from potstill.cluster.ray_pool import RayReplicaPool
+
         try:
-            outcome["summary"] = controller.run()
+            outcome["summary"] = controller.run(RayReplicaPool(cfg, uri))
         except BaseException as exc:  # noqa: BLE001 - re-raised in the test thread
             outcome["error"] = exc
 
@@ -95,7 +99,8 @@ def test_node_removed_mid_run_work_continues_on_the_remaining_node(s3_server, cl
         thread.join(300)
     assert "error" not in outcome, outcome.get("error")
     summary = outcome["summary"]
-    assert summary["replaced_for"] == {"actor_died": 1} and summary["units_retried"] >= 1
+    # The node died with the replica: its units are requeued, none blamed.
+    assert summary.replaced_for == {"node_lost": 1} and summary.units_requeued >= 1 and summary.units_retried == 0
     assert_same_output(finished(uri, storage, summary), clean)
 
 

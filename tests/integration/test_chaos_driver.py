@@ -36,6 +36,7 @@ from potstill.schemas import StorageConfig  # noqa: E402
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
+HUNG_FOR_S = 600  # unit deadline of the killed run: its hung shard stays in flight until the kill
 
 
 def _cli(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen:
@@ -78,7 +79,9 @@ def _canaries() -> dict[str, str]:
 def verbose_runs(s3_server, tmp_path_factory):
     """`potstill generate` at DEBUG with canary credentials: killed mid-run, re-run to completion, then a failing run.
 
-    The last shard hangs once (until the deadline), so the kill always lands mid-run with that shard in flight.
+    The kill waits for an observed state, not for an ordering: at least one shard committed AND the last shard
+    hung in flight. The hang outlasts any wait (its deadline is 10 minutes), so that shard cannot commit before
+    the kill, however slowly a loaded machine runs the others: the kill always finds a partial run.
     """
     tmp = tmp_path_factory.mktemp("verbose")
     canaries = _canaries()
@@ -88,12 +91,15 @@ def verbose_runs(s3_server, tmp_path_factory):
     uri = new_bucket(s3_server, "resume") + "/run"
     faults = {"state_dir": str(tmp / "faults"), "rules": [
         {"action": "hang", "marker": question((SHARDS - 1) * PER_SHARD + 2), "times": 1}]}
-    config = _write_config(tmp / "gen.yaml", chaos_config(uri, "chaos-resume", storage, faults=faults))
+    config = _write_config(tmp / "gen.yaml", chaos_config(uri, "chaos-resume", storage, faults=faults,
+                                                          replicas={"unit_timeout_s": HUNG_FOR_S}))
     args = ["generate", str(config), "--out", uri, "--run-id", "chaos-resume", "--json"]
 
     killed = _cli(args, tmp / "killed.log", env)
     try:
-        wait_for(lambda: (tmp / "faults" / "rule0-0").exists() or killed.poll() is not None, 300, "the last shard")
+        store = Storage(uri, storage)
+        wait_for(lambda: killed.poll() is not None or ((tmp / "faults" / "rule0-0").exists() and store.list("commits")),
+                 600, "a committed shard while the last one hangs")
         assert killed.poll() is None, (tmp / "killed.log").read_text()[-3000:]
     finally:
         os.killpg(killed.pid, signal.SIGKILL)

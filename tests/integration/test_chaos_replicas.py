@@ -77,7 +77,7 @@ def test_replica_killed_mid_shard_is_replaced_and_nothing_is_lost_or_duplicated(
     run, _, state = chaos_run
     assert (state / f"rule{KILLED}-0").exists()
     # Two actor deaths: the ray.kill, and the crash before a commit (below); each replaced once.
-    assert run.summary["replaced_for"]["actor_died"] == 2
+    assert run.summary.replaced_for["actor_died"] == 2
     assert run.manifest.shards[KILLED].row_count == PER_SHARD * N
     assert_same_output(run, clean, minus={run.prompt_of(POISON)})
 
@@ -86,8 +86,8 @@ def test_engine_death_replaces_the_replica_and_attempts_stay_bounded(chaos_run, 
     run, _, state = chaos_run
     assert (state / f"rule{DEAD}-0").exists() and not (state / f"rule{DEAD}-1").exists()
     # One EngineDeadError from the transient fault, 2 x MAX_ATTEMPTS from the poison prompt; nothing more.
-    assert run.summary["replaced_for"]["engine_failure"] == 1 + 2 * MAX_ATTEMPTS
-    assert run.summary["replicas_replaced"] == 8  # one per fault event above: every failure was bounded
+    assert run.summary.replaced_for["engine_failure"] == 1 + 2 * MAX_ATTEMPTS
+    assert run.summary.replicas_replaced == 8  # one per fault event above: every failure was bounded
     assert run.manifest.shards[DEAD].row_count == PER_SHARD * N
     assert_same_output(run, clean, minus={run.prompt_of(POISON)})
 
@@ -96,8 +96,8 @@ def test_hung_engine_hits_the_deadline_and_is_replaced(chaos_run, clean):
     run, cfg, state = chaos_run
     assert (state / f"rule{HUNG}-0").exists()
     assert cfg.replicas.unit_timeout_s == DEADLINE_S
-    assert run.summary["replaced_for"]["hung"] == 1  # only the deadline kill (shard 0's hang was cut by ray.kill)
-    assert run.summary["generation_s"] >= DEADLINE_S
+    assert run.summary.replaced_for["hung"] == 1  # only the deadline kill (shard 0's hang was cut by ray.kill)
+    assert run.summary.generation_s >= DEADLINE_S
     assert run.manifest.shards[HUNG].row_count == PER_SHARD * N
     assert_same_output(run, clean, minus={run.prompt_of(POISON)})
 
@@ -117,7 +117,7 @@ def test_crash_between_data_put_and_commit_commits_once_and_the_orphan_is_collec
     assert store.list(f"data/{shard.shard_id}") == [shard.data_path]
     # Re-running the finished run commits nothing twice: every shard is skipped, the records are untouched.
     again = run_generation(cfg)
-    assert again["shards_skipped"] == SHARDS and again["engine_requests"] == 0
+    assert again.shards_skipped == SHARDS and again.engine_requests == 0
     assert {rel: store.read_bytes(rel) for rel in store.list("commits")} == commits_before
     assert_same_output(finished(run.uri, run.storage, again), clean, minus={run.prompt_of(POISON)})
 
@@ -127,7 +127,7 @@ def test_poison_prompt_is_recorded_failed_after_bounded_attempts_and_the_rest_co
     bad = run.prompt_of(POISON)
     assert [(f.prompt_id, f.attempts) for f in run.manifest.failed] == [(bad, MAX_ATTEMPTS)]
     assert "EngineFailure" in run.manifest.failed[0].reason
-    assert run.summary["units_split"] == 1  # its unit, after failing alone MAX_ATTEMPTS times
+    assert run.summary.units_split == 1  # its unit, after failing alone MAX_ATTEMPTS times
     assert run.manifest.shards[POISONED].row_count == (PER_SHARD - 1) * N  # its neighbours all completed
     failures = Storage(run.uri, run.storage).read_bytes("failures.jsonl").decode().splitlines()
     assert len(failures) == 1 and bad in failures[0] and f'"attempts": {MAX_ATTEMPTS}' in failures[0]

@@ -73,7 +73,7 @@ def test_two_attempts_racing_to_commit_one_shard_commit_exactly_once(s3_server, 
     assert store.list("commits") == [f"commits/{unit.shard_id}.json"]
     assert store.list(f"data/{unit.shard_id}") == [first.data_path]  # the loser deleted its own object
     summary = GenerationController(cfg, uri).run(_ReuseFirst(cfg, uri, replica))
-    assert summary["shards_skipped"] == 1 and summary["shards"] == SHARDS
+    assert summary.shards_skipped == 1 and summary.shards == SHARDS
     run = finished(uri, storage, summary)
     assert run.manifest.shards[0].data_path == first.data_path
     assert_same_output(run, clean)
@@ -101,7 +101,7 @@ def test_30_percent_s3_503s_and_dropped_connections_leave_the_output_identical(f
     assert proxy.requests > 50 and proxy.failed >= 0.2 * proxy.requests and proxy.dropped > 0
     # The storage layer's retries absorbed every 503 and drop: no replica was lost, and the one unit that
     # re-ran is the one whose object was corrupted (next test).
-    assert run.summary["replicas_replaced"] == 0 and run.summary["units_retried"] == 1
+    assert run.summary.replicas_replaced == 0 and run.summary.units_retried == 1
     assert_same_output(run, clean)
 
 
@@ -138,7 +138,7 @@ def test_finalize_rerun_is_idempotent_and_an_unfinished_run_is_refused(s3_server
     store = Storage(uri, storage)
     before = {name: store.read_bytes(name) for name in (MANIFEST, SUCCESS)}
     summary = run_generation(chaos_config(uri, "chaos-clean", storage))  # the same run again: finalize re-runs
-    assert summary["shards_skipped"] == SHARDS and summary["engine_requests"] == 0
+    assert summary.shards_skipped == SHARDS and summary.engine_requests == 0
     assert {name: store.read_bytes(name) for name in (MANIFEST, SUCCESS)} == before, "finalize changed bytes"
 
     store.delete(SUCCESS)

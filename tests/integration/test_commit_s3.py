@@ -5,8 +5,10 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 from datetime import datetime, timezone
+from pathlib import Path
 
 import pytest
 import s3fs
@@ -17,9 +19,15 @@ from potstill.pipelines.output.commit import (
     read_manifest,
 )
 from potstill.pipelines.output.shard_writer import verify_shard, write_shard
-from potstill.pipelines.output.storage import RetryPolicy, Storage, StorageUnavailableError, filesystem_for
-from potstill.schemas.manifest import ShardStats
+from potstill.pipelines.output.storage import (
+    ConditionalWritesUnsupportedError, RetryPolicy, Storage, StorageUnavailableError, filesystem_for,
+)
+from potstill.schemas.manifest import RunRecord, ShardStats
 from potstill.schemas.generation import StorageConfig
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # fault_proxy: a shared helper (importlib mode)
+
+from fault_proxy import FaultProxy  # noqa: E402
 
 RUN = "run-s3"
 
@@ -133,16 +141,39 @@ def test_write_commit_finalize_and_read_back(store):
 
 
 def test_gc_removes_orphans_and_abandoned_uploads(store):
+    store.put_if_absent("run.json", RunRecord(run_id=RUN, config_fingerprint="fp").model_dump_json().encode())
     committed, commit = attempt(store, "000000-a")
     commit()
     orphan = write_shard(store, RUN, "000000-a", trace_rows("000000-a"))
-    bucket, key = store._split("data/000001-b/crashed.parquet")
-    store.fs.call_s3("create_multipart_upload", Bucket=bucket, Key=key)  # writer died mid-upload
+    bucket, _ = store._split("data")
+    for shard in ("000000-a", "000001-b"):  # writers died mid-upload: one of a committed shard, one of an open one
+        key = store._split(f"data/{shard}/{'0' * 32}.parquet")[1]
+        store.fs.call_s3("create_multipart_upload", Bucket=bucket, Key=key)
+    store.put("data/notes.txt", b"not potstill's")
     report = gc_run(store.uri, store.config)
-    assert report.removed == [orphan.data_path] and report.kept == 1 and len(report.incomplete) == 1
-    assert store.list("data") == [committed.data_path]
-    assert store.fs.call_s3("list_multipart_uploads", Bucket=bucket).get("Uploads", []) == []
+    assert report.removed == [orphan.data_path] and report.kept == 1 and report.foreign == ["data/notes.txt"]
+    assert len(report.incomplete) == 1 and "000000-a" in report.incomplete[0]  # the open shard's upload may still finish
+    assert sorted(store.list("data")) == sorted([committed.data_path, "data/notes.txt"])
+    uploads = store.fs.call_s3("list_multipart_uploads", Bucket=bucket).get("Uploads", [])
+    assert [u["Key"].split("/")[-2] for u in uploads] == ["000001-b"]
+    assert len(gc_run(store.uri, store.config, force=True).incomplete) == 1  # no writer runs: forced
     verify_shard(store, committed)
+
+
+def test_the_store_clock_comes_from_the_store(store):
+    before = store.store_now()
+    store.put("x", b"1")
+    assert abs((store.modified("x") - before).total_seconds()) < 60
+    assert not [n for n in store.top_level() if n.startswith("_potstill_probe")]
+
+
+def test_a_store_without_conditional_writes_is_named_at_once(s3_bucket):
+    uri, config = s3_bucket
+    with FaultProxy(config.endpoint_url, refuse_conditional=True) as proxy:
+        store = Storage(uri, StorageConfig(endpoint_url=proxy.url, max_retries=8))
+        with pytest.raises(ConditionalWritesUnsupportedError, match="501 NotImplemented to a conditional write"):
+            store.check_conditional_create()
+        assert proxy.refused == 1  # named at once, not retried 9 times as a transient 5xx
 
 
 def test_streaming_write_uses_multipart_and_discards_on_error(s3_bucket):

@@ -67,7 +67,7 @@ def traces(ray_cluster, tmp_path_factory: pytest.TempPathFactory) -> dict:
     cfg = load_config(REPO / "examples" / "arithmetic.yaml", GenerationConfig, {
         "output.uri": str(out), "prompts.arithmetic.count": 2000, "sampling.n": 1, "output.prompts_per_shard": 250})
     summary = run_generation(cfg)
-    assert summary["totals"]["traces"] == 2000 and (out / "_SUCCESS").exists()
+    assert summary.totals.traces == 2000 and (out / "_SUCCESS").exists()
     return {"uri": str(out), "files": committed_data_files(str(out)), "summary": summary}
 
 

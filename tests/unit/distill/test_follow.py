@@ -165,3 +165,57 @@ def test_follow_trains_round_by_round_until_success_and_resumes_by_counting(teac
     assert all((a == b).all() for a, b in zip(rest, seen[first_round + 2:]))
     # Later epochs re-read every shard seen.
     assert sum(1 for _ in source(1, LoopState())) == total
+
+
+def _age(store: Storage, seconds: float) -> None:
+    """Make every object of a local run look `seconds` old to the store's clock (file mtimes)."""
+    import os
+    import time
+
+    for info in store.list_info(""):
+        os.utime(store.path(info.rel), (time.time() - seconds, time.time() - seconds))
+
+
+def test_follow_stops_with_the_fix_when_the_generator_died(teacher_dir: Path, tmp_path: Path) -> None:
+    import threading
+
+    import torch
+
+    from potstill.pipelines.distill.run_data import GeneratorStalledError
+
+    store = Storage(str(tmp_path / "dead"))
+    store.put_if_absent("run.json", b"{}")
+    _commit(store, teacher_dir, 0)
+    _age(store, 3600)  # the generator committed one shard an hour ago and was never heard of again
+    spec = _spec(teacher_dir, store.uri)
+    source = FollowSource(LoopState(), LocalReader(spec, 1), spec, torch.device("cpu"),
+                          CommitWatcher([store.uri], TraceDataConfig(runs=["x"]).storage), poll_s=0.01,
+                          idle_timeout_s=600)
+    outcome: dict = {}
+
+    def train() -> None:
+        try:
+            outcome["batches"] = sum(1 for _ in source(0, LoopState()))
+        except GeneratorStalledError as exc:
+            outcome["error"] = str(exc)
+
+    worker = threading.Thread(target=train, daemon=True)
+    worker.start()
+    worker.join(300)  # before: polled forever
+    assert not worker.is_alive(), "follow mode waited forever for a dead generator"
+    assert "has committed nothing for" in outcome["error"] and "Re-run `potstill generate`" in outcome["error"]
+    assert "data.follow_idle_timeout_s (now 600 s)" in outcome["error"]
+
+
+def test_the_driver_does_not_wait_forever_for_a_first_shard_of_a_dead_run(tmp_path: Path) -> None:
+    from potstill.pipelines.distill.run_data import GeneratorStalledError
+    from potstill.pipelines.jobs.run_training import _first_commits
+    from potstill.schemas.training import TrainingConfig
+
+    store = Storage(str(tmp_path / "dead"))
+    store.put_if_absent("run.json", b"{}")
+    _age(store, 3600)
+    cfg = TrainingConfig.model_validate({"name": "t", "data": {"runs": [store.uri], "follow": True, "follow_poll_s": 0.01,
+                                                               "follow_idle_timeout_s": 60}})
+    with pytest.raises(GeneratorStalledError, match=r"data.runs\[0\]: .* has committed nothing for"):
+        _first_commits(cfg, None)

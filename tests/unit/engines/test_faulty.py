@@ -47,6 +47,20 @@ def test_a_hanging_request_never_returns():
     asyncio.run(main())
 
 
+def test_a_held_request_waits_for_its_release_file_then_answers(tmp_path):
+    engine = _faulty([{"action": "hold", "marker": "gated", "release_file": "go"}], str(tmp_path))
+
+    async def main():
+        held = asyncio.ensure_future(_ask(engine, "gated question"))
+        assert (await _ask(engine, "free question")).samples[0].text == "4"  # others pass
+        await asyncio.sleep(0.5)
+        assert not held.done()
+        (tmp_path / "go").touch()
+        assert (await asyncio.wait_for(held, 5)).samples[0].text == "4"
+
+    asyncio.run(main())
+
+
 def test_an_engine_failure_cancels_the_units_other_requests():
     engine = _faulty([{"action": "hang", "marker": "stuck"}, {"action": "engine_failure", "marker": "boom"}])
     prompts = [PromptRecord.from_messages([Message(role="user", content=q)], source_row=i)

@@ -8,10 +8,31 @@ from potstill.schemas import ReplicasConfig
 RCFG = ReplicasConfig(unit_timeout_s=20, start_timeout_s=300)
 
 
-def test_a_slow_engine_start_is_not_a_hang_until_the_start_timeout():
-    rep = Replica("replica-1", handle=None, created_at=0.0, inflight={"unit": 0.0})
-    assert missed_deadline(rep, 299, RCFG) is None  # units queued during a long start are not overdue
-    assert "replicas.start_timeout_s" in missed_deadline(rep, 301, RCFG)
+def test_a_slow_engine_start_is_not_a_hang_until_the_start_timeout_after_placement():
+    rep = Replica("replica-1", handle=None, created_at=0.0, placed_at=50.0, inflight={"unit": 50.0})
+    assert missed_deadline(rep, 349, RCFG) is None  # waiting for resources did not count; a unit queued meanwhile neither
+    assert "engine did not start within 300 s (replicas.start_timeout_s)" in missed_deadline(rep, 351, RCFG)
+
+
+def test_a_pending_replica_is_overdue_only_when_nothing_else_works():
+    rep = Replica("replica-2", handle=None, created_at=0.0, waiting_for="{'GPU': 8.0} (INFEASIBLE)")
+    assert missed_deadline(rep, 10_000, RCFG) is None  # others work: pending is not a failure
+    reason = missed_deadline(rep, 10_000, RCFG, stalled_since=9_600)
+    assert reason.startswith("could not be placed within 300 s (replicas.start_timeout_s): it waits for {'GPU': 8.0}")
+    assert missed_deadline(rep, 10_000, RCFG, stalled_since=9_800) is None  # stalled only 200 s
+
+
+def test_replica_states_follow_its_lifecycle():
+    rep = Replica("r", handle=None)
+    assert rep.state == "pending"
+    rep.placed_at = 1.0
+    assert rep.state == "starting"
+    rep.ready_at = 2.0
+    assert rep.state == "ready" and rep.tokens_per_s(12.0) is None  # nothing finished yet
+    rep.units_done, rep.completion_tokens = 1, 500
+    assert rep.tokens_per_s(12.0) == 50.0
+    rep.draining = "scale-down"
+    assert rep.state == "draining"
 
 
 def test_a_unit_is_overdue_unit_timeout_s_after_it_could_start():

@@ -16,7 +16,7 @@ def _unit(*questions, reference="4"):
 
 
 def _run(engine, unit, sampling, verify):
-    runner = UnitRunner(engine, build_judge(verify), sampling, verify)
+    runner = UnitRunner(engine, build_judge(verify), sampling, verify, retry_delay_s=0)
     return asyncio.run(runner.run(unit)), runner
 
 
@@ -55,6 +55,39 @@ def test_a_prompt_the_engine_refuses_is_recorded_failed_and_the_rest_complete():
     assert result.stats.failed_prompts == 1
 
 
+class FlakyEngine(ScriptedEngine):
+    """Raises `error` on the first `times` requests for prompts containing `marker` (then answers normally)."""
+
+    def __init__(self, script, marker: str, error: Exception, times: int):
+        super().__init__(script)
+        self.marker, self.error, self.left = marker, error, times
+
+    async def generate(self, prompt_token_ids, n, request_id, max_tokens=None):
+        if self.left and self.marker in "".join(chr(i) for i in prompt_token_ids):
+            self.left -= 1
+            raise self.error
+        return await super().generate(prompt_token_ids, n, request_id, max_tokens)
+
+
+def test_a_transient_engine_error_is_retried_before_the_prompt_is_blamed():
+    engine = FlakyEngine(lambda p, k: "4", "second", RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"), 1)
+    result, runner = _run(engine, _unit("first", "second"), SamplingConfig(n=2), VerifyConfig(method="exact"))
+    assert result.failed == [] and len(result.rows) == 4  # today: "second" was recorded failed after one error
+    assert runner.requests == 3
+
+
+def test_a_prompt_that_keeps_failing_is_recorded_with_a_redacted_bounded_reason(monkeypatch):
+    monkeypatch.setenv("TEACHER_API_KEY", "sk-live-canary-123456")
+    error = ConnectionError("upstream said: key sk-live-canary-123456 rejected\n" + "x" * 5000)
+    engine = FlakyEngine(lambda p, k: "4", "bad", error, 100)
+    result, runner = _run(engine, _unit("fine", "bad"), SamplingConfig(n=1), VerifyConfig(method="exact"))
+    (failed,) = result.failed
+    assert failed.attempts == 3 and runner.requests == 1 + 3
+    assert "sk-live-canary" not in failed.reason and "***" in failed.reason
+    assert len(failed.reason) <= 500 and "\n" not in failed.reason
+    assert failed.reason.startswith("ConnectionError: upstream said")
+
+
 def test_pending_sequences_count_what_the_engine_still_runs():
     """The controller's admission signal: samples asked and not yet returned, back to 0 after success or refusal."""
     seen = []
@@ -66,9 +99,10 @@ def test_pending_sequences_count_what_the_engine_still_runs():
 
     engine = Observed(lambda p, k: "4", fail_on="poison")
     verify = VerifyConfig(method="exact")
-    runner = UnitRunner(engine, build_judge(verify), SamplingConfig(n=3), verify)
+    runner = UnitRunner(engine, build_judge(verify), SamplingConfig(n=3), verify, retry_delay_s=0)
     asyncio.run(runner.run(_unit("a", "b", "poison")))
-    assert seen == [9, 9, 9]  # the unit's 3 prompts x n=3 count from the moment it starts, before any request
+    assert seen[:3] == [9, 9, 9]  # the unit's 3 prompts x n=3 count from the moment it starts, before any request
+    assert seen[3:] == [3, 3]  # the refused prompt's retries: only its own samples are still asked for
     assert runner.sequences_pending == 0 and runner.units_started == 1
 
 
@@ -96,3 +130,25 @@ def test_load_long_poll_answers_once_the_unit_started_and_the_batch_ran_low():
         return low
 
     assert asyncio.run(scenario()) == 2
+
+
+def test_every_sample_drawn_is_counted_by_kind_and_resampling_rounds_apart():
+    """The split the run report charges costs by: accepted, truncated, the rest rejected; re-asks apart."""
+
+    class Truncating(ScriptedEngine):
+        async def generate(self, prompt_token_ids, n, request_id, max_tokens=None):
+            gen = await super().generate(prompt_token_ids, n, request_id, max_tokens)
+            for s in gen.samples:
+                if s.text == "cut":
+                    s.finish_reason = "length"
+            return gen
+
+    script = lambda p, k: ["wrong", "cut", "4", "4"][k]  # noqa: E731 - round 1: wrong, cut; round 2: 4, 4
+    verify = VerifyConfig(method="exact", accept_per_prompt=2, max_samples_per_prompt=8, require_stop=True)
+    result, runner = _run(Truncating(script), _unit("q"), SamplingConfig(n=2), verify)
+    s = result.stats
+    assert (s.samples_drawn, s.accepted_samples, s.truncated_samples) == (4, 2, 1)
+    assert (s.accepted_tokens, s.truncated_tokens, s.completion_tokens) == (2, 3, 10)
+    assert (s.resampled_samples, s.resampled_accepted, s.resampled_completion_tokens) == (2, 2, 2)
+    assert s.prompt_tokens == 2 * s.resampled_prompt_tokens == 2
+    assert runner.completion_tokens == 10 and runner.prompt_tokens_processed == 2

@@ -21,7 +21,7 @@ from botocore.exceptions import ClientError, EndpointConnectionError
 import potstill.pipelines.output.shard_writer as sw
 from potstill.pipelines.output.commit import (
     FAILURES, MANIFEST, SUCCESS, CommitError, RunNotFinishedError, commit_path, commit_shard, committed_data_files,
-    committed_shard_ids, finalize_run, gc_run, read_commits, read_manifest,
+    committed_shard_ids, finalize_run, read_commits, read_manifest,
 )
 from potstill.pipelines.output.shard_writer import CorruptShardError, records_to_table, write_shard
 from potstill.pipelines.output.storage import RetryPolicy, Storage, StorageUnavailableError, is_retryable, scrub
@@ -234,26 +234,6 @@ def test_committed_data_files_lists_only_committed_objects_in_order(store):
     assert pq.read_table(expected).num_rows == 12
 
 
-# ---- gc ---------------------------------------------------------------------
-
-def test_gc_removes_only_orphans(store):
-    committed, _ = write_and_commit(store, "000000-a")
-    orphan = write_shard(store, RUN, "000000-a", trace_rows("000000-a"))  # lost attempt that crashed
-    never = write_shard(store, RUN, "000001-b", trace_rows("000001-b"))  # shard never committed
-    with open(store.path(committed.data_path) + ".0123.potstill-tmp", "wb") as f:
-        f.write(b"half")  # a crashed local write
-    recent = gc_run(store.uri, min_age_s=3600)
-    assert recent.removed == [] and len(recent.skipped_recent) == 2
-    dry = gc_run(store.uri, dry_run=True)
-    assert sorted(dry.removed) == sorted([orphan.data_path, never.data_path]) and store.exists(orphan.data_path)
-    report = gc_run(store.uri)
-    assert sorted(report.removed) == sorted([orphan.data_path, never.data_path])
-    assert report.kept == 1 and report.bytes_freed == orphan.size_bytes + never.size_bytes
-    assert len(report.incomplete) == 1
-    assert store.list("data") == [committed.data_path]
-    sw.verify_shard(store, committed)
-
-
 # ---- storage: retries and scrubbing -----------------------------------------
 
 def _client_error(code: str, status: int) -> ClientError:
@@ -267,6 +247,7 @@ def test_retry_classification():
     assert is_retryable(EndpointConnectionError(endpoint_url="http://x"))
     assert is_retryable(TimeoutError())
     assert not is_retryable(_client_error("AccessDenied", 403))
+    assert not is_retryable(_client_error("NotImplemented", 501))  # a missing feature: asking again cannot help
     assert not is_retryable(_client_error("PreconditionFailed", 412))
     assert not is_retryable(FileNotFoundError("k"))
     wrapped = PermissionError("denied")

@@ -67,3 +67,21 @@ def test_yaml_syntax_error_gives_the_line(tmp_path):
 def test_overrides_apply_dotted_keys(tmp_path):
     cfg = load_config(EXAMPLES[0].parent / "arithmetic.yaml", GenerationConfig, {"output.uri": "/tmp/x", "run_id": "abc"})
     assert cfg.output.uri == "/tmp/x" and cfg.resolved_run_id() == "abc"
+
+
+@pytest.mark.parametrize(("content", "problem"), [
+    (b"- prompts\n- sampling\n", "<top level>: expected a mapping of keys (e.g. `prompts: ...`), got a list"),
+    (b"42\n", "<top level>: expected a mapping of keys (e.g. `prompts: ...`), got a number"),
+    (b"just words\n", "<top level>: expected a mapping of keys (e.g. `prompts: ...`), got a string"),
+    (b"prompts: {arithmetic: {}}\nrun_id: caf\xe9\n", "line 2: not UTF-8 (byte 0xe9 at byte 37); save the file as UTF-8"),
+    (b"prompts: {arithmetic: {}}\nsampling:\n  n: 2\nsampling:\n  n: 8\n",
+     "key 'sampling' appears twice (line 2 and line 4); YAML would keep only the last value"),
+    (b"prompts:\n  arithmetic: {count: 3, count: 300}\n", "key 'count' appears twice (line 2 and line 2)"),
+    (b"prompts: {arithmetic: {}}\noutput: 5\n", "output: expected a mapping of keys, got a number; cannot set output.uri"),
+])
+def test_a_file_that_is_not_one_utf8_mapping_without_repeated_keys_is_refused_clearly(tmp_path, content, problem):
+    path = tmp_path / "c.yaml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, GenerationConfig, {"output.uri": "runs/x"})  # the CLI always passes overrides
+    assert len(info.value.problems) == 1 and info.value.problems[0].startswith(problem), info.value.problems
