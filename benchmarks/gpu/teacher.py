@@ -99,17 +99,19 @@ def pipeline(cfg: Any) -> dict[str, Any]:
 
     last = [0.0]
 
-    def progress(p: dict[str, Any]) -> None:
+    def progress(status: Any) -> None:
         if time.monotonic() - last[0] > 10:
             last[0] = time.monotonic()
-            print(f"[gpu-proof] pipeline {p.get('phase')}: {p.get('shards_done', 0)}/{p.get('shards_total', 0)} shards, "
-                  f"{p.get('prompts_done', 0)}/{p.get('prompts_total', 0)} prompts", file=sys.stderr, flush=True)
+            print(f"[gpu-proof] pipeline {status.phase}: {status.shards_done}/{status.shards_total} shards, "
+                  f"{status.prompts_done}/{status.prompts_total} prompts", file=sys.stderr, flush=True)
 
     summary = run_generation(cfg, on_progress=progress)
-    totals = summary["totals"]
-    return {"output_tokens": totals["completion_tokens"], "prompts": totals["prompts"],
-            "seconds": summary["generation_s"], "tok_s": totals["completion_tokens"] / summary["generation_s"],
-            "shards": summary["shards"], "failed_prompts": summary["failed_prompts"], "out": summary["out"]}
+    if summary.status != "complete":
+        raise RuntimeError(f"the generation run ended {summary.status!r}, not complete")
+    tokens = summary.totals.completion_tokens
+    return {"output_tokens": tokens, "prompts": summary.totals.prompts, "seconds": summary.generation_s,
+            "tok_s": tokens / summary.generation_s, "shards": summary.shards, "failed_prompts": summary.failed_prompts,
+            "out": summary.out}
 
 
 if __name__ == "__main__":
