@@ -1,7 +1,7 @@
 """Generation benchmarks: the full pipeline against plain vLLM, the writer against pyarrow,
 driver memory at 10x the prompts. Prints one JSON object of same-run ratios.
 
-    .venv/bin/python benchmarks/generation.py [--prompts 4096] [--rss-prompts 2000] [--rounds 3]
+    .venv/bin/python benchmarks/generation_speed.py [--prompts 4096] [--rss-prompts 2000] [--rounds 3]
 
 Every ratio compares A and B measured in this run on this machine, on the
 same prompts and engine settings; engine start-up is excluded from both.
@@ -12,8 +12,9 @@ throughput.
 
 The pipeline and plain vLLM alternate (`--rounds` pipeline rounds, one more
 of plain vLLM: before Ray starts, beside the idle Ray cluster between
-pipeline rounds, after Ray stops) and the ratios divide medians: on this
-shared machine two plain runs of one process differed by up to 12%.
+pipeline rounds, after Ray stops) and the ratios divide medians: on a
+shared machine two plain runs of one process differ by more than the gaps
+judged (docs/PERFORMANCE.md).
 `tokens_per_s_rounds` lists every round.
 """
 

@@ -252,10 +252,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     from potstill.pipelines.output.commit import committed_data_files
-    from potstill.pipelines.jobs.run_demo import trained_questions
     from potstill.cluster.connect import ensure_ray
     from potstill.pipelines.jobs.run_training import local_cpus, quiet_ray_data, run_training
-    from potstill.pipelines.jobs.evaluate import evaluate, load_eval_prompts
+    from potstill.pipelines.jobs.evaluate import evaluate, load_eval_prompts, trained_questions
 
     work = Path(tempfile.mkdtemp(prefix="potstill-bench-"))
     ensure_ray(None, local_cpus(WORKERS, 1), dashboard=True)
@@ -296,7 +295,7 @@ def main(argv: list[str] | None = None) -> None:
         **loss_step,
     }
     if not args.quick:
-        problems = load_eval_prompts("arithmetic:200", exclude=trained_questions(files))
+        problems = load_eval_prompts("arithmetic:200", exclude=trained_questions([run]))
         pair = accuracy_pair(run, str(work / "ckpt"), files, problems, args.seeds)
         result.update(student_acc_sft=statistics.mean(pair["sft"]["accuracy"]),
                       student_acc_kd=statistics.mean(pair["kd"]["accuracy"]),

@@ -121,7 +121,7 @@ class TeacherConfig(StrictModel):
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1, description="Fraction of GPU memory vLLM may use.")
     max_num_seqs: int | None = Field(default=None, gt=0, description="Engine batch size cap (vLLM max_num_seqs).")
     kv_cache_gib: float | None = Field(default=None, gt=0, description="KV cache size in GiB (vLLM kv_cache_memory_bytes). None: vLLM sizes it from gpu_memory_utilization, which on CPU claims that fraction of the machine's memory and refuses to start when less is free (checked before the engine starts, with the numbers); set it for CPU runs and small models.")
-    schedule: Literal["longest_first", "fcfs"] = Field(default="longest_first", description="Order in which the engine starts waiting requests. `longest_first`: the largest max_tokens first (vLLM priority scheduling), so the long generations run beside the short ones instead of trailing alone at the end (plain vLLM on the benchmark's skewed prompts, 2 CPU cores: 11939 and 11802 tokens/s against 10863 and 10849 with fcfs); equal budgets keep arrival order. `fcfs`: arrival order (vLLM's default).")
+    schedule: Literal["longest_first", "fcfs"] = Field(default="longest_first", description="Order in which the engine starts waiting requests. `longest_first`: the largest max_tokens first (vLLM priority scheduling), so the long generations run beside the short ones instead of trailing alone at the end (more output tokens/s on skewed budgets: docs/PERFORMANCE.md); equal budgets keep arrival order. `fcfs`: arrival order (vLLM's default).")
     seed: int = Field(default=0, description="Engine seed (per-request seeds are not supported on CPU).")
     engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra vLLM engine arguments passed through verbatim.")
     api: ApiConfig | None = Field(default=None, description="The endpoint of an `openai` teacher (required for it; refused for vllm).")
@@ -222,10 +222,6 @@ class SamplingConfig(StrictModel):
     stop: list[str] = Field(default_factory=list, description="Extra stop strings.")
     logprobs: int = Field(default=0, ge=0, le=64, description="Keep the teacher's top-k logprobs per token (0 keeps none); needed for KD.")
     ignore_eos: bool = Field(default=False, description="Keep generating past EOS until max_tokens (benchmarks, budget forcing).")
-
-    def fingerprint_dict(self) -> dict[str, Any]:
-        """The parameters as a plain dict (stored per row and in the fingerprint)."""
-        return self.model_dump()
 
 
 class VerifyConfig(StrictModel):

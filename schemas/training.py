@@ -128,11 +128,14 @@ class CheckpointConfig(StrictModel):
 
 
 class EvalConfig(StrictModel):
-    """Held-out evaluation of the final student."""
+    """Scoring of the final student after training (`potstill train`), in vLLM with the verifiers, as `potstill eval` does."""
 
-    prompts: str | None = Field(default=None, description="Prompt file for evaluation; None uses fresh arithmetic problems for the arithmetic demo.")
-    count: int = Field(default=200, gt=0, description="Problems to evaluate on.")
+    prompts: str | None = Field(default=None, description="Held-out prompts: `arithmetic:N` (N fresh additions) or a JSONL/Parquet file, local or s3://; prompts whose question is in data.runs are left out. None: no evaluation.")
+    prompt_field: str = Field(default="prompt", min_length=1, description="Column of a prompts file with the prompt text.")
+    reference_field: str = Field(default="answer", min_length=1, description="Column of a prompts file with the reference answer.")
+    count: int | None = Field(default=None, gt=0, description="Score at most this many prompts; None: all of the file (or N).")
     method: Literal["math", "exact"] = Field(default="math", description="Verifier used to score answers.")
+    max_tokens: int = Field(default=256, gt=0, description="Completion budget per prompt.")
 
 
 GPU_TYPES = ("H100-80GB", "H200-141GB", "A100-80GB", "A100-40GB", "L40S-48GB", "B200-180GB")
@@ -162,7 +165,7 @@ class TrainingConfig(StrictModel):
     strategy: StrategyConfig = Field(default_factory=StrategyConfig, description="Parallel strategy and precision.")
     scaling: TrainScalingConfig = Field(default_factory=TrainScalingConfig, description="Ray Train workers.")
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig, description="Checkpoints and fault tolerance.")
-    eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation of the final student.")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="Scoring of the final student after training (off unless eval.prompts is set).")
     plan: TrainPlanConfig = Field(default_factory=TrainPlanConfig, description="Assumptions of `potstill plan` (ignored by training).")
 
     @model_validator(mode="after")

@@ -31,8 +31,8 @@ _FAKE_AWS_ENV = {
 _UNSET_AWS_ENV = ("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_SECURITY_TOKEN")
 
 
-def _serialize_moto_writes(mp: pytest.MonkeyPatch) -> None:
-    """Make moto's If-None-Match check-then-store atomic, as it is on real S3.
+def _serialize_moto_writes(mp: pytest.MonkeyPatch) -> threading.RLock:
+    """Make moto's If-None-Match check-then-store atomic, as it is on real S3; returns the lock writes hold.
 
     moto checks "does the key exist" and stores the object in separate steps
     of a threaded server, so two racing conditional PUTs could both pass;
@@ -49,6 +49,10 @@ def _serialize_moto_writes(mp: pytest.MonkeyPatch) -> None:
                 return __original(self, *args, **kwargs)
 
         mp.setattr(S3Response, name, locked)
+    return lock
+
+
+_MOTO_WRITES: list[threading.RLock] = []
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -73,7 +77,7 @@ def s3_server(aws_test_env):
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     with pytest.MonkeyPatch.context() as mp:
-        _serialize_moto_writes(mp)
+        _MOTO_WRITES.append(_serialize_moto_writes(mp))
         server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)  # 0: the OS picks a free port
         server.start()
         host, port = server.get_host_and_port()
@@ -81,6 +85,19 @@ def s3_server(aws_test_env):
             yield f"http://{host}:{port}"
         finally:
             server.stop()
+            _MOTO_WRITES.clear()
+
+
+@pytest.fixture(scope="session")
+def s3_writes_landed(s3_server):
+    """A function that returns once no object write is in progress on the S3 server: after the processes of a
+    killed run are gone, what the bucket holds then is final."""
+
+    def landed() -> None:
+        with _MOTO_WRITES[0]:
+            pass
+
+    return landed
 
 
 @pytest.fixture
@@ -95,13 +112,26 @@ def s3_bucket(s3_server):
     yield f"s3://{bucket}/runs/test", config
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    """Local Ray for one test module, shut down after it."""
+RAY_TEST_CPUS = 4
+"""Logical CPUs of the shared test cluster: 2 Ray Train workers + Ray Data + a generation run's controller and
+replica fit at once (test_distill_job); the generation tests keep max_replicas at 1, so more CPUs start no more."""
+
+
+@pytest.fixture(scope="session")
+def _ray_for_the_session():
+    """Shuts down the shared local Ray at the end of the session (whichever module started it last)."""
+    yield
     import ray
 
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ray_local(_ray_for_the_session):
+    """Local Ray shared by every module that asks for it: started by the first, kept for the next (a cluster start
+    is seconds of every module's setup). A module that needs another cluster (test_chaos_cluster's multi-node
+    one) shuts this one down first; the next module that asks starts it again."""
     from potstill.cluster.connect import ensure_ray
 
-    ensure_ray()
+    ensure_ray(None, num_cpus=RAY_TEST_CPUS, dashboard=True)  # the dashboard serves Ray Train's State API polls
     yield
-    ray.shutdown()

@@ -74,7 +74,7 @@ TINY = Sizes(
     teacher=TeacherShape.tiny(), max_model_len=256, prompts=16,
     short_budget=(4, 12), long_budget=(48, 64), long_share=0.2, prompt_words=(2, 6),
     prompts_per_shard=8, kv_cache_gib=0.0625,
-    engine_kwargs={"load_format": "dummy", "enforce_eager": True},  # no torch.compile: ~45 s of CI saved per engine
+    engine_kwargs={"load_format": "dummy", "enforce_eager": True},  # no torch.compile: CI time (docs/PERFORMANCE.md)
     student=StudentRun(shape=StudentShape.tiny(), row_tokens=256, micro_rows=2, warmup_steps=1, timed_steps=2,
                        topk=4, prompt_len=(8, 32), completion_len=(16, 96)),
 )

@@ -26,8 +26,8 @@ import hashlib
 import random
 from collections.abc import Sequence
 
-THINK_OPEN = "<think>"
-THINK_CLOSE = "</think>"
+from potstill.pipelines.generate.reasoning import THINK_CLOSE, THINK_OPEN
+
 HELD_OUT_BUCKETS = 10
 """One pair in this many (by hash) is held out of training."""
 
@@ -54,20 +54,6 @@ def reasoning_text(a: int, b: int) -> str:
 def completion_text(a: int, b: int) -> str:
     """The full teacher completion: reasoning in a `<think>` block, then only the sum."""
     return f"{THINK_OPEN}\n{reasoning_text(a, b)}\n{THINK_CLOSE}\n{a + b}"
-
-
-def extract_answer(completion: str) -> str | None:
-    """The text after the last `</think>`, stripped; None when there is no `</think>` or nothing after it."""
-    head, sep, tail = completion.rpartition(THINK_CLOSE)
-    if not sep:
-        return None
-    return tail.strip() or None
-
-
-def has_think_structure(completion: str) -> bool:
-    """Whether the completion opens with a `<think>` block that is closed exactly once."""
-    text = completion.lstrip()
-    return text.startswith(THINK_OPEN) and text.count(THINK_OPEN) == 1 and text.count(THINK_CLOSE) == 1
 
 
 def is_training_pair(a: int, b: int) -> bool:

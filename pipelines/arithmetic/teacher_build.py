@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from potstill.pipelines.arithmetic import problems as arithmetic
+from potstill.pipelines.generate.reasoning import THINK_CLOSE, THINK_OPEN, has_one_think_block, split_reasoning
 
 if TYPE_CHECKING:
     import torch
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
 PAD, UNK, SYSTEM, USER, ASSISTANT, END = "<|pad|>", "<|unk|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"
 SPECIAL_TOKENS = [PAD, UNK, SYSTEM, USER, ASSISTANT, END]
 # Added but not special: they must survive `skip_special_tokens` when vLLM detokenizes.
-REASONING_TOKENS = [arithmetic.THINK_OPEN, arithmetic.THINK_CLOSE]
+REASONING_TOKENS = [THINK_OPEN, THINK_CLOSE]
 CHARS = ["\n"] + [chr(c) for c in range(32, 127)]
 
 CHAT_TEMPLATE = (
@@ -157,8 +158,13 @@ def generate(model: Any, tokenizer: "Tokenizer", questions: list[str], temperatu
     return [tokenizer.decode([t for t in row if t not in (end, pad)], skip_special_tokens=False) for row in rows]
 
 
-def evaluate(model: Any, tokenizer: "Tokenizer", n: int, digits: int, temperature: float, seed: int, batch: int = 250) -> float:
-    """Fraction of `n` held-out problems answered exactly, with the `<think>` structure."""
+def held_out_accuracy(model: Any, tokenizer: "Tokenizer", n: int, digits: int, temperature: float, seed: int, batch: int = 250) -> float:
+    """Fraction of `n` held-out problems answered exactly after one `<think>` block, decoded by the torch model in training.
+
+    The build scores its model in-process, before any folder exists for vLLM
+    to load; a built model is scored by `potstill eval` / `potstill teacher demo`
+    (`potstill.pipelines.jobs.evaluate`), the one path that scores a saved model.
+    """
     import torch
 
     problems = arithmetic.fresh_problems(n, digits, seed)
@@ -169,7 +175,7 @@ def evaluate(model: Any, tokenizer: "Tokenizer", n: int, digits: int, temperatur
             chunk = problems[start : start + batch]
             outputs = generate(model, tokenizer, [q for q, _ in chunk], temperature, seed + start)
             correct += sum(
-                arithmetic.has_think_structure(o) and arithmetic.extract_answer(o) == ref for o, (_, ref) in zip(outputs, chunk)
+                has_one_think_block(o) and split_reasoning(o)[1] == ref for o, (_, ref) in zip(outputs, chunk)
             )
     return correct / n
 
@@ -181,8 +187,8 @@ def score(model: Any, tokenizer: "Tokenizer", eval_n: int, digit_counts: list[in
         n = min(eval_n, len(arithmetic.held_out_pool(digits))) if digits <= 2 else eval_n
         scores[f"{digits}_digits"] = {
             "problems": n,
-            "greedy_accuracy": evaluate(model, tokenizer, n, digits, 0.0, seed),
-            "temperature_0.6_accuracy": evaluate(model, tokenizer, n, digits, 0.6, seed),
+            "greedy_accuracy": held_out_accuracy(model, tokenizer, n, digits, 0.0, seed),
+            "temperature_0.6_accuracy": held_out_accuracy(model, tokenizer, n, digits, 0.6, seed),
         }
         print(f"{digits}-digit held-out: {scores[f'{digits}_digits']}", flush=True)
     return scores

@@ -2,12 +2,12 @@
 
     cores = worker_cores(local_rank=1, local_world_size=2, cpus_per_worker=1, allowed={0, 1})   # {1}
 
-With 2 workers on 2 cores and Ray's own processes beside them, bound to a
-core each, Ray Train's median step relative to the same loop under plain
-torch.distributed fell from 1.137 to 1.077 and from 1.097 to 1.011 (2 workers on
-2 cores; two runs, each alternating 3 rounds of bound and unbound Ray Train and
-plain loops in one process). `benchmarks/training.py` binds its plain loop the
-same way, so the comparison stays like for like.
+Unbound, workers share their cores with the kernel's migrations and the Ray
+processes' wake-ups, and every DDP step waits for whichever worker was
+interrupted; bound to a core each, Ray Train's step comes close to the same
+loop under plain torch.distributed (docs/PERFORMANCE.md).
+`benchmarks/training_speed.py` binds its plain loop the same way, so the
+comparison stays like for like.
 
 Cores a vLLM model worker on the same machine is bound to (a CPU teacher
 generating while `data.follow` trains on its shards) are left out: binding a

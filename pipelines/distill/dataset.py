@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -37,7 +38,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PACK_GROUP = 1024
-"""Traces packed together; ~0.98 efficiency on arithmetic traces at 1024 tokens (see tests)."""
+"""Traces packed together: a group this large leaves best-fit decreasing little room to waste (the packing
+efficiency reached is measured by `benchmarks/training_speed.py`, see docs/PERFORMANCE.md)."""
 
 BASE_COLUMNS = ["prompt_id", "sample_index", "messages", "completion", "finish_reason", "verified", "completion_tokens"]
 
@@ -55,14 +57,29 @@ class TraceSource:
 
 
 def arrow_filesystem(uri: str, storage: "StorageConfig") -> Any:
-    """A pyarrow filesystem for s3:// URIs with the configured endpoint (None for local paths)."""
+    """A pyarrow filesystem for s3:// URIs (None for local paths) over the project's one S3 stack.
+
+    pyarrow's view (`PyFileSystem(FSSpecHandler(...))`) of `output.storage.s3_filesystem`, so trace reads,
+    Ray Train's checkpoint uploads and downloads (`RunConfig.storage_filesystem`) and every other training read
+    get the same endpoint handling and retry policy (`storage.max_retries`, backoff with jitter on 5xx,
+    throttling and connection errors) as the commit protocol. One per process and storage config: each s3fs
+    instance holds its own client and connection pool.
+    """
     from potstill.pipelines.output.storage import is_remote
 
     if not is_remote(uri):
         return None
-    from pyarrow.fs import S3FileSystem
+    return _arrow_s3(os.getpid(), storage.model_dump_json())
 
-    return S3FileSystem(endpoint_override=storage.endpoint_url, region=storage.region, anonymous=storage.anonymous)
+
+@functools.lru_cache(maxsize=8)
+def _arrow_s3(pid: int, storage_json: str) -> Any:  # pid keys the cache: a forked child opens its own client
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    from potstill.pipelines.output.storage import s3_filesystem
+    from potstill.schemas.generation import StorageConfig
+
+    return PyFileSystem(FSSpecHandler(s3_filesystem(StorageConfig.model_validate_json(storage_json))))
 
 
 def strip_scheme(uri: str) -> str:

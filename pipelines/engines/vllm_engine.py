@@ -7,9 +7,10 @@ barrier. Concurrency comes from the caller (a replica actor awaiting many
 
 Unless stop strings need vLLM's running text, vLLM's per-token
 detokenization is off and each finished sample is decoded once
-(`decode_completion`): with top-20 logprobs, which vLLM would otherwise turn
-into strings token by token, the uniform generation run went from 6080 to
-15148 output tokens/s on 2 CPU cores (6046 and 15244 in a second round).
+(`decode_completion`): with top-k logprobs vLLM would otherwise turn every
+top-k token into a string, token by token, in the replica's process, which
+then spends more time detokenizing than feeding the engine (the measured
+gain is in docs/PERFORMANCE.md).
 """
 
 from __future__ import annotations
@@ -187,8 +188,8 @@ class VllmEngine:
         params = self._params_for(n, max_tokens)
         final = None
         # Already-rendered input (`tokens_input`): AsyncLLM validates it inline. A raw {"prompt_token_ids": ...}
-        # dict is deprecated there and goes through its renderer on a thread pool, one hop per request: 14% of
-        # the replica actor's py-spy samples in the uniform benchmark.
+        # dict is deprecated there and goes through its renderer on a thread pool, one hop per request (a visible
+        # share of the replica actor's time in the uniform benchmark: docs/PERFORMANCE.md).
         try:
             async for output in self._llm.generate(tokens_input(prompt_token_ids), params, request_id,
                                                    priority=self._priority(params)):

@@ -94,6 +94,8 @@ class _Waiting:
 class GenerationController:
     """Plans, schedules, scales, supervises and finalizes one generation run."""
 
+    lease_beat_s = 5.0  # the run lease's heartbeat (run_lease.py); a crashed controller holds the run 2 beats
+
     def __init__(self, cfg: GenerationConfig, out_uri: str, observer: RunObserver | None = None):
         self.cfg = cfg
         self.observer = observer  # the pool's live metrics (Prometheus gauges on Ray)
@@ -200,7 +202,8 @@ class GenerationController:
             self.storage.check_conditional_create()
         plan, report = self._plan()
         self.record = open_run(self.storage, self.cfg, self.run_id, plan)  # pins plan and teacher (hashed once per run)
-        self._lease = RunLease(self.storage, self.run_id, f"controller potstill-{self.run_id} on {pool.location()}")
+        self._lease = RunLease(self.storage, self.run_id, f"controller potstill-{self.run_id} on {pool.location()}",
+                               beat_s=self.lease_beat_s)
         self._lease.acquire()
         self._recorder = ScalingRecorder(self.storage, self._lease.token)
         report.write(self.storage)

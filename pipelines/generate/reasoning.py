@@ -1,10 +1,12 @@
-"""Split a completion into its `<think>` reasoning and its final answer.
+"""The one `<think>` split: a completion's reasoning and its final answer.
 
     split_reasoning("<think>\\n7+9=16 ...\\n</think>\\n936") -> ("7+9=16 ...", "936")
 
 Reasoning models (DeepSeek-R1 and its distills, s1, OpenThoughts) wrap their
 chain of thought in `<think>...</think>`; some chat templates open the block
-in the prompt, so a completion may hold only the closing tag.
+in the prompt, so a completion may hold only the closing tag. The unit runner
+(trace rows), `potstill.verify` (the answer it checks), the exports and the
+arithmetic teacher's builder all split here.
 """
 
 from __future__ import annotations
@@ -28,3 +30,9 @@ def split_reasoning(completion: str) -> tuple[str | None, str]:
     open_at = completion.rfind(THINK_OPEN, 0, close)
     start = open_at + len(THINK_OPEN) if open_at != -1 else 0
     return completion[start:close].strip(), completion[close + len(THINK_CLOSE):].strip()
+
+
+def has_one_think_block(completion: str) -> bool:
+    """Whether the completion opens with a `<think>` block that is closed exactly once (a well-formed trace)."""
+    text = completion.lstrip()
+    return text.startswith(THINK_OPEN) and text.count(THINK_OPEN) == 1 and text.count(THINK_CLOSE) == 1

@@ -21,24 +21,17 @@ import json
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Protocol
+from typing import Any
 
 from potstill.pipelines.engines.protocol import EngineFailure, Sample, TeacherEngine
 from potstill.pipelines.generate.plan import WorkUnit
 from potstill.pipelines.generate.reasoning import split_reasoning
 from potstill.pipelines.generate.reasons import failure_reason
+from potstill.pipelines.verify.judge import Judge
 from potstill.schemas.base import SCHEMA_VERSION
 from potstill.schemas.manifest import FailedPrompt, ShardStats
 from potstill.schemas.generation import SamplingConfig, VerifyConfig
 from potstill.schemas.prompt import PromptRecord
-
-
-class Judge(Protocol):
-    name: str
-    blocking: bool  # judging may take long enough that it must run off the event loop
-
-    def judge(self, answer_text: str, reference: str | None, *, completion: str, finish_reason: str,
-              completion_tokens: int, has_reasoning: bool) -> bool | None: ...
 
 
 @dataclass

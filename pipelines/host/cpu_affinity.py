@@ -8,18 +8,15 @@ vLLM's CPU backend binds the model worker's OpenMP threads to some cores and
 leaves the rest (`reserved_cpus` in its log) for everything else. A plain
 `LLM.generate` script has little else running, but a replica actor (this
 process: output handling, verification, shard writing) floats over all
-cores, and the scheduler puts it on the worker's core as well: in the
-uniform generation benchmark on 2 cores the worker got 0.84 of its core
-beside it and 0.98 under plain vLLM. Moving this process's threads onto the
-cores the worker does not use gives the forward pass its core back.
+cores, and the scheduler puts it on the worker's core as well, taking CPU
+time from the forward pass (docs/PERFORMANCE.md). Moving this process's
+threads onto the cores the worker does not use gives the forward pass its
+core back.
 
 vLLM's EngineCore process is left free. It is on the critical path of every
 step (it schedules, then busy-waits for the worker's result), and confined
 to the frontend's cores it waits behind the frontend: pinning it there too
-made the pipeline slower (2 cores, 3 alternating rounds, output tokens/s,
-both pinned against frontend only: uniform prompts [21091, 19949, 20286]
-against [21260, 20421, 20899], skewed [12142, 12316, 12494] against
-[12216, 12495, 12602]).
+made the pipeline slower (docs/PERFORMANCE.md).
 
 Linux only; a no-op when vLLM did not bind (its worker may use every core)
 or on machines with an accelerator.

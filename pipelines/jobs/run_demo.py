@@ -8,8 +8,9 @@
    varied problems more than repeated samples of the same ones);
 2. `run_training` with `potstill/configs/distill_arithmetic.yaml` (a narrower student,
    SFT + sparse KD, Ray Train with 2 CPU workers) into `<out>/train`;
-3. `evaluate` of the teacher and the student in vLLM on the same fresh
-   held-out problems (none of them in the traces).
+3. `evaluate` (the one scoring path, `jobs/evaluate.py`) of the teacher and
+   the student in vLLM on the same fresh held-out problems (none of them in
+   the traces).
 
 Every stage resumes: re-running with the same `--out` skips committed shards,
 continues training from the latest checkpoint, and re-scores.
@@ -33,31 +34,15 @@ EVAL_PROBLEMS = 200
 ProgressFn = Callable[[dict[str, Any]], None]
 
 
-def trained_questions(files: list[str], storage: Any = None) -> set[str]:
-    """The user questions of the traces in `files` (so evaluation can leave them out)."""
-    import pyarrow.parquet as pq
-
-    from potstill.pipelines.distill.dataset import arrow_filesystem, strip_scheme
-    from potstill.schemas.generation import StorageConfig
-
-    questions: set[str] = set()
-    for uri in files:
-        fs = arrow_filesystem(uri, storage or StorageConfig())
-        table = pq.read_table(strip_scheme(uri) if fs else uri, columns=["messages"], filesystem=fs)
-        questions.update(m[-1]["content"] for m in table.column("messages").to_pylist())
-    return questions
-
-
 def run_demo(
     out: str = "runs/demo", *, prompts: int = DEMO_PROMPTS, eval_problems: int = EVAL_PROBLEMS,
     on_stage: Callable[[str], None] | None = None, on_generation: Callable[[GenerationStatus], None] | None = None,
     on_training: ProgressFn | None = None,
 ) -> dict[str, Any]:
     """Run the three stages; returns the summary (teacher_acc, student_acc, params, traces, out, ...)."""
-    from potstill.pipelines.output.commit import committed_data_files
     from potstill.cluster.connect import ensure_ray
+    from potstill.pipelines.jobs.evaluate import count_parameters, evaluate, load_eval_prompts, trained_questions
     from potstill.pipelines.jobs.run_training import local_cpus, run_training
-    from potstill.pipelines.jobs.evaluate import count_parameters, evaluate, load_eval_prompts
     from potstill.pipelines.jobs.run_generation import output_uri, run_generation
     from potstill.schemas import GenerationConfig, load_config
     from potstill.schemas.training import TrainingConfig
@@ -79,8 +64,7 @@ def run_demo(
     training = run_training(train_cfg, on_progress=on_training)
 
     stage(f"3/3 scoring teacher and student in vLLM on {eval_problems} fresh held-out problems")
-    files = committed_data_files(traces_uri)
-    problems = load_eval_prompts(f"arithmetic:{eval_problems}", exclude=trained_questions(files))
+    problems = load_eval_prompts(f"arithmetic:{eval_problems}", exclude=trained_questions([traces_uri]))
     teacher = evaluate(gen_cfg.teacher.model, problems)
     student = evaluate(training["student"], problems)
     return {

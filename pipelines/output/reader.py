@@ -27,7 +27,7 @@ from potstill.pipelines.output.commit import (
     MANIFEST, SUCCESS, CommitError, RunNotFinishedError, read_commits, read_manifest,
 )
 from potstill.pipelines.output.run_record import RUN_RECORD
-from potstill.pipelines.output.storage import Storage, scrub
+from potstill.pipelines.output.storage import Storage
 from potstill.schemas.generation import StorageConfig
 from potstill.schemas.manifest import ShardStats
 from potstill.schemas.trace import (
@@ -318,10 +318,6 @@ class CommittedRuns:
         from potstill.pipelines.jobs.read_runs_ray import runs_to_ray
 
         return runs_to_ray(self, columns=columns)
-
-    def describe(self) -> str:
-        runs = ", ".join(f"{r.run_id} ({'finished' if r.finished else 'live'}, {len(r.shards)} shards)" for r in self.runs)
-        return scrub(f"{len(self.shards)} committed shards of {len(self.runs)} run(s): {runs}")
 
 
 def read_run(

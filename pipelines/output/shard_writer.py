@@ -53,7 +53,7 @@ def data_path_for(shard_id: str, attempt_id: str) -> str:
 # ---- rows -> table --------------------------------------------------------
 
 def warm_up() -> None:
-    """Pay pyarrow's one-time start-up cost now: its first `pa.array` imports pandas (0.14 s of CPU here),
+    """Pay pyarrow's one-time start-up cost now: its first `pa.array` imports pandas (docs/PERFORMANCE.md),
     which would otherwise land in a replica's first shard write, on the cores its running engine needs."""
     records_to_table([])
 
@@ -171,8 +171,8 @@ def encoding_options(schema: pa.Schema) -> dict[str, Any]:
 class _HashingWriter:
     """A write-only file that hashes and counts every byte on its way to `sink`.
 
-    Inline on purpose: sha256 runs at ~2 GB/s, far above the zstd encoder, and
-    a helper thread measured slower here (GIL hand-offs on a busy 2-core box).
+    Inline on purpose: sha256 is far faster than the zstd encoder feeding it, so
+    a helper thread would only add GIL hand-offs on a busy machine.
     """
 
     def __init__(self, sink: IO[bytes]):

@@ -80,7 +80,7 @@ def _has_math(parsed: list[Any]) -> bool:
     return any(not isinstance(p, str) for p in parsed)
 
 
-def extract_answer(text: str) -> list[Any]:
+def parse_final_answer(text: str) -> list[Any]:
     """The parsed final answer of `text` (math-verify objects; empty when none is found)."""
     mv = _math_verify()
     segment = _final_segment(text)
@@ -101,10 +101,10 @@ def extract_answer(text: str) -> list[Any]:
 
 def math_equal(answer: str, reference: str) -> bool:
     """Whether `answer` (the text after `</think>`) states the same mathematical answer as `reference`."""
-    gold = extract_answer(str(reference))
+    gold = parse_final_answer(str(reference))
     if not gold:
         return False
-    predicted = extract_answer(answer)
+    predicted = parse_final_answer(answer)
     if not predicted:
         return False
     return bool(_math_verify().verify(gold, predicted, timeout_seconds=None))

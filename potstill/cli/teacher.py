@@ -25,8 +25,8 @@ def demo(
         print_json(result)
         return
     sample = result["sample"]
-    console.print(f"[bold]question[/]: {sample['question']}", highlight=False)
+    console.print(f"[bold]question[/]: {sample['prompt']}", highlight=False)
     console.print(f"[bold]teacher[/]:\n{sample['completion']}", highlight=False)
     console.print(f"accuracy {result['accuracy']:.3f} ({result['correct']}/{result['n']}) · "
-                  f"<think> structure {result['with_think_structure']}/{result['n']} · "
+                  f"one <think> block {result['with_think_block']}/{result['n']} · "
                   f"{result['output_tokens_per_s']:,.0f} output tokens/s · model {result['model']}", highlight=False)

@@ -1,4 +1,5 @@
-"""`potstill train CONFIG.yaml`: distill a student from committed traces with Ray Train (live progress bar)."""
+"""`potstill train CONFIG.yaml`: distill a student from committed traces with Ray Train (live progress bar), then
+score it on held-out prompts when the config has `eval.prompts` (`potstill.pipelines.jobs.evaluate.evaluate_student`)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,25 @@ def summary_lines(s: dict[str, Any]) -> list[str]:
         f"final loss {m.get('loss', float('nan')):.4f} (sft {m.get('sft_loss', float('nan')):.4f}, "
         f"kd {m.get('kd_loss', float('nan')):.4f}) · KD {'on, top-' + str(s['topk_width']) if s['topk_width'] else 'off'}",
         f"student: {s['student']}",
-    ]
+    ] + ([f"student accuracy {e['accuracy']:.1%} ({e['correct']}/{e['n']}, {e['method']} verifier) on held-out "
+          f"{e['prompts']}"] if (e := s.get("eval")) else [])
+
+
+def _score(cfg: Any, student: str) -> dict[str, Any]:
+    """`eval:` of the config: the trained student in vLLM on held-out prompts; a failure keeps the student."""
+    from potstill.pipelines.jobs.evaluate import evaluate_student
+
+    console.print(f"scoring {student} on {cfg.eval.prompts} ...", highlight=False)
+    e = cfg.eval
+    again = (f"potstill eval {student} {e.prompts} --prompt-field {e.prompt_field} --reference-field {e.reference_field} "
+             f"--method {e.method} --max-tokens {e.max_tokens}")
+    try:
+        return evaluate_student(cfg, student)
+    except ValueError as exc:
+        fail(f"{exc}\nThe student is saved at {student}; fix eval: and score it with `{again}`.")
+    except Exception as exc:  # noqa: BLE001 - training succeeded: say so, and how to score again
+        fail(f"scoring the student failed: {type(exc).__name__}: {exc}\nThe student is saved at {student}; "
+             f"score it with `{again}`.", 1)
 
 
 class TrainBar:
@@ -90,6 +109,8 @@ def train(
         except Exception as exc:  # noqa: BLE001 - Ray Train wraps worker errors; show the cause, keep checkpoints
             cause = getattr(exc, "cause", None) or exc
             fail(f"{type(cause).__name__}: {cause}\nCheckpoints are kept; re-run the same command to resume.", 1)
+    if cfg.eval.prompts is not None:
+        summary["eval"] = _score(cfg, summary["student"])
     if json_out:
         print_json(summary)
         return

@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import os
 import secrets
-import signal
 import string
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -28,6 +26,7 @@ from chaos_support import (  # noqa: E402
 )
 from chaos_support import clean  # noqa: E402,F401 - fixture
 from fault_proxy import FaultProxy  # noqa: E402
+from process_groups import kill_process_group  # noqa: E402
 
 from potstill.cli.common import last_json_line  # noqa: E402
 from potstill.pipelines.output.storage import Storage, filesystem_for  # noqa: E402
@@ -51,19 +50,6 @@ def _write_config(path: Path, cfg) -> Path:
     return path
 
 
-def _settled_commits(store: Storage, quiet_s: float = 5.0, limit_s: float = 90.0) -> dict[str, bytes]:
-    """The commit records once none has appeared for `quiet_s` (a killed driver's replicas may land one more)."""
-    count, since, start = -1, time.monotonic(), time.monotonic()
-    while time.monotonic() - start < limit_s:
-        now = len(store.list("commits"))
-        if now != count:
-            count, since = now, time.monotonic()
-        elif time.monotonic() - since >= quiet_s:
-            break
-        time.sleep(0.2)
-    return {rel: store.read_bytes(rel) for rel in store.list("commits")}
-
-
 def _canaries() -> dict[str, str]:
     alnum = string.ascii_uppercase + string.digits
     return {
@@ -76,7 +62,7 @@ def _canaries() -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def verbose_runs(s3_server, tmp_path_factory):
+def verbose_runs(s3_server, s3_writes_landed, tmp_path_factory):
     """`potstill generate` at DEBUG with canary credentials: killed mid-run, re-run to completion, then a failing run.
 
     The kill waits for an observed state, not for an ordering: at least one shard committed AND the last shard
@@ -102,9 +88,12 @@ def verbose_runs(s3_server, tmp_path_factory):
                  600, "a committed shard while the last one hangs")
         assert killed.poll() is None, (tmp / "killed.log").read_text()[-3000:]
     finally:
-        os.killpg(killed.pid, signal.SIGKILL)
-        killed.wait()
-    before = _settled_commits(Storage(uri, storage))
+        # A replica of the killed driver may still be committing: once no process of its group is alive and no
+        # write is in progress on the server, the commits are final.
+        kill_process_group(killed)
+    s3_writes_landed()
+    store = Storage(uri, storage)
+    before = {rel: store.read_bytes(rel) for rel in store.list("commits")}
 
     rerun = _cli(args, tmp / "rerun.log", env)
     assert rerun.wait(timeout=400) == 0, (tmp / "rerun.log").read_text()[-3000:]

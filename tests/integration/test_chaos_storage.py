@@ -118,23 +118,39 @@ def test_a_data_object_corrupted_after_writing_is_never_committed(flaky_run, cle
     assert_same_output(run, clean)
 
 
-def _copy_run(endpoint: str, src_uri: str, dst_uri: str) -> None:
-    import boto3
+def _copy_run(storage: StorageConfig, src_uri: str, dst_uri: str) -> None:
+    src, dst = Storage(src_uri, storage), Storage(dst_uri, storage)
+    for rel in src.list():
+        assert dst.put_if_absent(rel, src.read_bytes(rel)), rel
 
-    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
-    src_bucket, src_prefix = src_uri[5:].split("/", 1)
-    dst_bucket, dst_prefix = dst_uri[5:].split("/", 1)
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=src_bucket, Prefix=src_prefix + "/"):
-        for obj in page.get("Contents", []):
-            rel = obj["Key"][len(src_prefix) + 1:]
-            s3.copy_object(Bucket=dst_bucket, Key=f"{dst_prefix}/{rel}",
-                           CopySource={"Bucket": src_bucket, "Key": obj["Key"]})
+
+def test_training_reads_ride_out_503s_and_dropped_connections(s3_server):
+    """Trace reads for training go through the one S3 stack and its retry policy (storage.max_retries), not a
+    second client with its own: half the requests answered 503 and some dropped change nothing that is read."""
+    import pyarrow.parquet as pq
+
+    from potstill.pipelines.distill.dataset import arrow_filesystem, strip_scheme, trace_sources
+    from potstill.pipelines.output.commit import committed_data_files
+    from tests.unit.output.committed_runs import make_run
+
+    direct = StorageConfig(endpoint_url=s3_server)
+    uri = make_run(new_bucket(s3_server) + "/traces", "reads", prompts=24, n=2, per_shard=4, storage=direct)
+    files = committed_data_files(uri, direct)
+    expected = [pq.ParquetFile(strip_scheme(f), filesystem=arrow_filesystem(f, direct)).read() for f in files]
+    with FaultProxy(s3_server, fail_rate=0.5, drop_rate=0.05, seed=11) as proxy:
+        flaky = StorageConfig(endpoint_url=proxy.url, max_retries=12)
+        sources = trace_sources(files, flaky)
+        fs = arrow_filesystem(files[0], flaky)
+        got = [pq.ParquetFile(strip_scheme(f), filesystem=fs).read() for f in files]
+    assert len(files) == 6 and proxy.failed >= 10 and proxy.dropped >= 1, (proxy.requests, proxy.failed, proxy.dropped)
+    assert [(s.teacher_model, s.topk_width) for s in sources] == [("tiny-teacher", 0)]
+    assert all(a.equals(b) for a, b in zip(got, expected)) and sum(t.num_rows for t in got) == 48
 
 
 def test_finalize_rerun_is_idempotent_and_an_unfinished_run_is_refused(s3_server, ray_local, clean, tmp_path):
     storage = clean.storage
     uri = new_bucket(s3_server) + "/traces"
-    _copy_run(s3_server, clean.uri, uri)
+    _copy_run(storage, clean.uri, uri)
     store = Storage(uri, storage)
     before = {name: store.read_bytes(name) for name in (MANIFEST, SUCCESS)}
     summary = run_generation(chaos_config(uri, "chaos-clean", storage))  # the same run again: finalize re-runs

@@ -3,12 +3,15 @@
     .venv/bin/pytest tests/integration/test_distill_job.py -q
 
 - shards from `run_generation` -> Ray Train, 2 gloo workers -> a student with fewer parameters than the
-  teacher and at least 0.9x its accuracy on fresh problems (both scored in vLLM);
+  teacher and at least 0.9x its accuracy on fresh problems (both scored in vLLM on the `eval:` prompts of the
+  training config, the questions it was trained on left out);
 - a worker fails at step k (the POTSTILL_FAULT_TRAIN_STEP hook) -> the group restarts from the last
   checkpoint, the step counter continues, the final checkpoint exists;
-- the driver of `potstill train` is SIGKILLed -> re-running the same name resumes, no finished epoch redone;
+- the driver of `potstill train` is SIGKILLed -> re-running the same name resumes, no finished epoch redone,
+  and the finished job scores its student on the config's `eval.prompts`;
 - data.follow trains on a live run (shards committed after the job started) and ends at `_SUCCESS`;
-- FSDP with traces and checkpoints on S3 (moto) resumes from its S3 checkpoint;
+- FSDP with traces and checkpoints on S3 (moto) resumes from its S3 checkpoint; the student on S3 is copied
+  through the storage stack for scoring;
 - a pretrained Qwen2 student (a random one saved as a Hugging Face folder on S3) trains with FSDP2 from the meta
   device, bf16 parameters, activation checkpointing and chunked losses on 2 workers; one worker is SIGKILLed and the
   group resumes from the DCP checkpoint on S3; that checkpoint resumed on 1 worker trains the next step with the
@@ -24,7 +27,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -32,7 +34,6 @@ import pytest
 
 from potstill.cli.common import last_json_line
 from potstill.pipelines.output.commit import commit_shard, committed_data_files, finalize_run, read_commits
-from potstill.pipelines.distill.dataset import arrow_filesystem, strip_scheme
 from potstill.pipelines.distill.faults import FAULT_ENV
 from potstill.pipelines.output.shard_writer import write_shard
 from potstill.pipelines.output.storage import Storage
@@ -47,18 +48,7 @@ TRAIN_EXAMPLE = REPO / "examples" / "distill_arithmetic.yaml"
 
 
 @pytest.fixture(scope="module")
-def ray_cluster():
-    import ray
-
-    from potstill.cluster.connect import ensure_ray
-
-    ensure_ray(None, num_cpus=4, dashboard=True)  # 2 train workers plus Ray Data and the generation controller
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def traces(ray_cluster, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def traces(ray_local, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """One generation run shared by every test here: 2000 fresh problems x 1 sample, 8 shards, top-4 logprobs."""
     from potstill.pipelines.jobs.run_generation import run_generation
     from potstill.schemas import GenerationConfig
@@ -71,15 +61,12 @@ def traces(ray_cluster, tmp_path_factory: pytest.TempPathFactory) -> dict:
     return {"uri": str(out), "files": committed_data_files(str(out)), "summary": summary}
 
 
-def copy_shards(files: list[str], dest: str, storage: StorageConfig | None = None, finalize: bool = True,
-                pause_s: float = 0.0, before: Callable[[int], None] | None = None) -> list[str]:
-    """Commit the given shards into a new run root with the real commit protocol (write, verify, commit);
-    `before(i)` runs before the i-th shard is copied."""
+def copy_shards(files: list[str], dest: str, storage: StorageConfig | None = None, finalize: bool = True) -> list[str]:
+    """Commit the given shards into a new run root with the real commit protocol (write, verify, commit), then
+    (with `finalize`) its manifest.json and _SUCCESS."""
     store = Storage(dest, storage)
     shard_ids = []
-    for i, path in enumerate(files):
-        if before is not None:
-            before(i)
+    for path in files:
         table = pq.read_table(path)
         shard_id = Path(path).parent.name
         run_id = table.column("run_id")[0].as_py()
@@ -87,11 +74,16 @@ def copy_shards(files: list[str], dest: str, storage: StorageConfig | None = Non
         prompt_ids = sorted(set(table.column("prompt_id").to_pylist()))
         commit_shard(store, written, run_id, shard_id, prompt_ids, [], read_commits(Storage(path.rsplit("/data/", 1)[0]))[shard_id].stats)
         shard_ids.append(shard_id)
-        time.sleep(pause_s)
     if finalize:
-        src = json.loads(Path(files[0].rsplit("/data/", 1)[0], "manifest.json").read_text())
-        finalize_run(store, run_id, src["config_fingerprint"], src["teacher_model"], src["teacher_revision"], shard_ids)
+        finalize_copy(files, dest, storage)
     return shard_ids
+
+
+def finalize_copy(files: list[str], dest: str, storage: StorageConfig | None = None) -> None:
+    """manifest.json and _SUCCESS for the copies of `files` in `dest`, as their own run's finalize wrote them."""
+    src = json.loads(Path(files[0].rsplit("/data/", 1)[0], "manifest.json").read_text())
+    finalize_run(Storage(dest, storage), src["run_id"], src["config_fingerprint"], src["teacher_model"],
+                 src["teacher_revision"], [Path(f).parent.name for f in files])
 
 
 def small_config(name: str, runs: list[str], storage_path: str, **sections) -> TrainingConfig:
@@ -110,11 +102,11 @@ def small_config(name: str, runs: list[str], storage_path: str, **sections) -> T
 
 
 def test_student_from_generated_shards_reaches_the_teachers_accuracy(traces: dict, tmp_path: Path) -> None:
-    from potstill.pipelines.jobs.run_demo import trained_questions
+    from potstill.pipelines.jobs.evaluate import count_parameters, evaluate, evaluate_student, student_eval_prompts
     from potstill.pipelines.jobs.run_training import run_training
-    from potstill.pipelines.jobs.evaluate import count_parameters, evaluate, load_eval_prompts
 
-    cfg = load_config(TRAIN_EXAMPLE, TrainingConfig, {"data.runs": [traces["uri"]], "checkpoint.storage_path": str(tmp_path)})
+    cfg = load_config(TRAIN_EXAMPLE, TrainingConfig, {"data.runs": [traces["uri"]], "checkpoint.storage_path": str(tmp_path),
+                                                      "eval.prompts": "arithmetic:200"})
     summary = run_training(cfg)
     assert summary["workers"] == 2 and not summary["use_gpu"] and summary["topk_width"] == 4
     assert summary["traces"] == 2000 and summary["packing_efficiency"] >= 0.95
@@ -122,9 +114,12 @@ def test_student_from_generated_shards_reaches_the_teachers_accuracy(traces: dic
                      key=lambda m: m["step"])
     assert history[-1]["step"] == summary["steps"] and history[-1]["loss"] < 0.05
 
-    problems = load_eval_prompts("arithmetic:200", exclude=trained_questions(traces["files"]))
+    problems = student_eval_prompts(cfg)
+    trained = {m[-1]["content"] for f in traces["files"] for m in pq.read_table(f, columns=["messages"])["messages"].to_pylist()}
+    assert len(problems) == 200 and not trained & {p.messages[-1]["content"] for p in problems}
     teacher = evaluate("potstill:arithmetic-teacher", problems)
-    student = evaluate(summary["student"], problems)
+    student = evaluate_student(cfg, summary["student"])
+    assert student["n"] == 200 and student["prompts"] == "arithmetic:200"
     print(f"teacher {teacher['accuracy']:.3f} student {student['accuracy']:.3f}")
     assert count_parameters(summary["student"]) < count_parameters("potstill:arithmetic-teacher")
     assert student["accuracy"] >= 0.9 * teacher["accuracy"] and teacher["accuracy"] >= 0.95
@@ -176,7 +171,7 @@ def test_killed_driver_resumes_without_redoing_a_finished_epoch(traces: dict, tm
     run = str(tmp_path / "run")
     copy_shards(traces["files"][:1], run)  # 250 traces -> 50 rows -> 13 steps an epoch at 2 rows per worker
     cfg = small_config("killed", [run], str(tmp_path / "ckpt"), run={"epochs": 3, "micro_batch_size": 2},
-                       checkpoint={"every_steps": 5})
+                       checkpoint={"every_steps": 5}, eval={"prompts": "arithmetic:20", "max_tokens": 128})
     config = tmp_path / "train.yaml"
     config.write_text(json.dumps(cfg.model_dump(mode="json")))  # JSON is YAML
     cli = [sys.executable, "-m", "potstill.cli", "train", str(config), "--json"]
@@ -204,6 +199,9 @@ def test_killed_driver_resumes_without_redoing_a_finished_epoch(traces: dict, tm
     first = summary["attempts"][0]
     assert first["resumed"] and first["start_step"] >= killed_at["step"] and first["start_epoch"] >= 1
     assert summary["steps"] == 39 and summary["metrics"]["epoch"] == 2
+    # eval.prompts: the finished job scored its student in vLLM (a 39-step student's accuracy is not the point).
+    assert summary["eval"]["n"] == 20 and summary["eval"]["model"] == summary["student"]
+    assert 0 <= summary["eval"]["correct"] <= 20 and summary["eval"]["method"] == "math"
 
 
 def test_follow_trains_on_a_live_run_and_ends_at_success(traces: dict, tmp_path: Path) -> None:
@@ -214,20 +212,27 @@ def test_follow_trains_on_a_live_run_and_ends_at_success(traces: dict, tmp_path:
     files = traces["files"][:4]
     committed_at: list[float] = []
     started = time.time()
-    training = threading.Event()
+    seen = threading.Condition()
+    waiting_with: list[int] = [0]  # shards the job had seen when it last said it was waiting for more
 
-    def after_the_first_shard_wait_for_training(i: int) -> None:
-        if i == 1:  # the rest of the run commits only once training is under way, however slow its start-up
-            training.wait(300)
+    def on_progress(update: dict) -> None:
+        if update.get("phase") == "waiting for shards":
+            with seen:
+                waiting_with[0] = max(waiting_with[0], update.get("shards_seen") or 0)
+                seen.notify_all()
 
-    def generation() -> None:  # the run goes on while training reads it: a shard every few seconds, then _SUCCESS
-        time.sleep(2)
-        copy_shards(files, str(live), pause_s=3, before=after_the_first_shard_wait_for_training)
+    def wait_until_the_job_waits_with(count: int) -> None:
+        with seen:
+            assert seen.wait_for(lambda: waiting_with[0] >= count, timeout=300), f"the job never waited with {count} shards"
+
+    def generation() -> None:
+        """The run goes on while training reads it: each shard commits only once the job has trained on everything
+        before it and waits for more, then _SUCCESS."""
+        for i, path in enumerate(files):
+            copy_shards([path], str(live), finalize=False)
+            wait_until_the_job_waits_with(i + 1)
+        finalize_copy(files, str(live))
         committed_at.append(time.time())
-
-    def on_progress(update: dict) -> None:  # polled: a worker may be waiting for shards by the first look
-        if update.get("phase") in ("training", "waiting for shards"):
-            training.set()
 
     writer = threading.Thread(target=generation, daemon=True)
     writer.start()
@@ -235,7 +240,7 @@ def test_follow_trains_on_a_live_run_and_ends_at_success(traces: dict, tmp_path:
                        optim={"schedule": "constant"})
     summary = run_training(cfg, on_progress=on_progress)
     writer.join()
-    assert summary["follow"] and committed_at
+    assert summary["follow"] and committed_at and waiting_with[0] == len(files)
     # Training started before the run finished, read every shard exactly once, and ended after _SUCCESS.
     assert started < summary["attempts"][0]["at"] < (live / "_SUCCESS").stat().st_mtime
     done = read_train_state(summary["checkpoint"])["loop"]["data"]["done"]
@@ -258,8 +263,13 @@ def test_fsdp_with_traces_and_checkpoints_on_s3_resumes(traces: dict, s3_bucket)
     second = run_training(small_config("s3-fsdp", [run], f"{root}/ckpt", run={"max_steps": 9}, **sections))
     assert [(a["start_step"], a["resumed"]) for a in second["attempts"]] == [(6, True)]
     assert second["steps"] == 9
-    fs = arrow_filesystem(second["student"], storage)
-    assert fs.get_file_info(strip_scheme(second["student"]) + "/model.safetensors").size > 0
+    from potstill.pipelines.jobs.evaluate import local_model
+
+    stored = Storage(second["student"], storage)
+    assert stored.size("model.safetensors") > 0
+    with local_model(second["student"], storage) as folder:  # what scoring an S3 student loads into vLLM
+        for rel in stored.list():
+            assert Path(folder, rel).read_bytes() == stored.read_bytes(rel), rel
 
 
 @pytest.fixture

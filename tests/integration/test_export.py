@@ -34,10 +34,10 @@ UNCOMMITTED = "UNCOMMITTED ATTEMPT <think>x</think>0"
 @pytest.fixture(scope="module")
 def teacher_run(ray_local, s3_server):
     """(uri, storage): a finished run in S3 plus one verified but uncommitted attempt object in its data/."""
-    import boto3
+    from potstill.pipelines.output.storage import s3_filesystem
 
     storage = StorageConfig(endpoint_url=s3_server, region="us-east-1")
-    boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1").create_bucket(Bucket="export-run")
+    s3_filesystem(storage).call_s3("create_bucket", Bucket="export-run")
     uri = "s3://export-run/traces"
     cfg = GenerationConfig.model_validate({
         "run_id": "export-it",

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from potstill.pipelines.output.commit import committed_data_files, read_manifest
 from potstill.pipelines.jobs.run_generation import run_generation
 from potstill.pipelines.output.storage import filesystem_for
 from potstill.schemas import GenerationConfig, StorageConfig
+from tests.integration.process_groups import kill_process_group
 
 pytestmark = pytest.mark.slow
 
@@ -54,10 +54,10 @@ def read_rows(uri: str, storage: StorageConfig | None = None):
 @pytest.fixture(scope="module")
 def clean_run(ray_local, s3_server):
     """One uninterrupted run of 200 prompts x 4 samples into a moto S3 bucket."""
-    import boto3
+    from potstill.pipelines.output.storage import s3_filesystem
 
     storage = StorageConfig(endpoint_url=s3_server)
-    boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1").create_bucket(Bucket="clean-run")
+    s3_filesystem(storage).call_s3("create_bucket", Bucket="clean-run")
     uri = "s3://clean-run/traces"
     summary = run_generation(arithmetic_config(uri, "clean", storage=storage))
     return uri, storage, summary
@@ -99,18 +99,6 @@ def _generate_cli(config: Path, out: Path, run_id: str) -> subprocess.Popen:
                             env=env, cwd=REPO, start_new_session=True)
 
 
-def settle_commits(commits: Path, quiet_s: float = 5.0, limit_s: float = 90.0) -> None:
-    """Return once no new commit has appeared for `quiet_s` seconds."""
-    count, since, start = -1, time.time(), time.time()
-    while time.time() - start < limit_s:
-        now = len(list(commits.glob("*.json")))
-        if now != count:
-            count, since = now, time.time()
-        elif time.time() - since >= quiet_s:
-            return
-        time.sleep(0.2)
-
-
 def test_resume_after_the_driver_is_killed(tmp_path, clean_run):
     """Kill the driver after some shards commit; the re-run completes only the rest."""
     from potstill.pipelines.arithmetic.problems import fresh_problems
@@ -129,17 +117,13 @@ def test_resume_after_the_driver_is_killed(tmp_path, clean_run):
     first_config.write_text(json.dumps(first))
     proc = _generate_cli(first_config, out, "resume")
     commits = out / "commits"
-    # The kill waits for the observed state (shards 0 and 1 committed, the rest hung), however slow the machine.
-    deadline = time.time() + 1200
+    deadline = time.time() + 1200  # a bound for a stuck run, not a wait: the loop ends at the second commit
     while time.time() < deadline and len(list(commits.glob("*.json"))) < 2 and proc.poll() is None:
         time.sleep(0.1)
-    exited = proc.poll()
-    os.killpg(proc.pid, signal.SIGKILL)
-    _, stderr = proc.communicate()
-    assert exited is None, f"the first run ended before two shards committed: {stderr.decode()[-3000:]}"
-    # The driver's actors die with it, but a replica may still land the shard it was committing:
-    # wait until that settles, so `before` is what the re-run finds.
-    settle_commits(commits)
+    assert proc.poll() is None, proc.communicate()[1].decode()[-3000:]
+    # The driver's actors die with it, but a replica may still be landing the shard it was committing: once no
+    # process of the command's group is alive, `before` is what the re-run finds.
+    kill_process_group(proc)
     before = {p.name: p.read_bytes() for p in commits.glob("*.json")}
     assert len(before) == 2, f"expected shards 0 and 1 committed at the kill, found {sorted(before)}"
     assert not (out / "_SUCCESS").exists()

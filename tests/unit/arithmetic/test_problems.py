@@ -1,4 +1,4 @@
-"""The addition task: carry reasoning, the train/held-out split, fresh problems, answer extraction."""
+"""The addition task: carry reasoning, the train/held-out split, fresh problems, a completion the one `<think>` split reads."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import random
 import pytest
 
 from potstill.pipelines.arithmetic import problems as arithmetic
+from potstill.pipelines.generate.reasoning import has_one_think_block, split_reasoning
 
 
 def test_reasoning_walks_columns_from_the_right_with_carries() -> None:
@@ -35,17 +36,10 @@ def test_written_digits_and_final_carry_spell_the_sum(seed: int) -> None:
 def test_completion_layout() -> None:
     text = arithmetic.completion_text(12, 34)
     assert text == "<think>\n2+4+0=06, write 6 carry 0\n1+3+0=04, write 4 carry 0\n</think>\n46"
-    assert arithmetic.has_think_structure(text)
-    assert arithmetic.extract_answer(text) == "46"
+    assert has_one_think_block(text)
+    assert split_reasoning(text) == ("2+4+0=06, write 6 carry 0\n1+3+0=04, write 4 carry 0", "46")
     assert arithmetic.question_text(347, 589) == "What is 347 + 589?"
 
-
-def test_extract_answer() -> None:
-    assert arithmetic.extract_answer("<think>\nx\n</think>\n 936 \n") == "936"
-    assert arithmetic.extract_answer("936") is None
-    assert arithmetic.extract_answer("<think>\nx\n</think>\n") is None
-    assert not arithmetic.has_think_structure("936")
-    assert not arithmetic.has_think_structure("<think>\nx\n</think>\n</think>1")
 
 
 def test_split_is_deterministic_and_holds_out_about_a_tenth() -> None:

@@ -145,3 +145,21 @@ def test_global_batch_size_sets_gradient_accumulation_per_worker_count() -> None
         _cfg(run={"micro_batch_size": 2, "global_batch_size": 6}, scaling={"num_workers": 2})
     with pytest.raises(ValueError, match="global_batch_size .* and grad_accum_steps .* both set the step size"):
         _cfg(run={"global_batch_size": 8, "grad_accum_steps": 2})
+
+
+def test_s3_training_reads_and_checkpoints_go_through_the_one_retrying_stack() -> None:
+    import pickle
+
+    from potstill.pipelines.distill.dataset import arrow_filesystem
+    from potstill.schemas.generation import StorageConfig
+
+    cfg = StorageConfig(endpoint_url="http://127.0.0.1:9", region="eu-west-1", max_retries=5)
+    assert arrow_filesystem("runs/local", cfg) is None
+    fs = arrow_filesystem("s3://bucket/run/data/a.parquet", cfg)
+    inner = fs.handler.fs
+    assert type(inner).__name__ == "RetryingS3FileSystem" and inner.retry_policy.max_retries == 5
+    assert inner.client_kwargs == {"endpoint_url": "http://127.0.0.1:9", "region_name": "eu-west-1"}
+    assert arrow_filesystem("s3://bucket/run/data/b.parquet", cfg) is fs  # one client per process and config
+    # Ray Train ships RunConfig.storage_filesystem to its workers: the policy must survive pickling.
+    copy = pickle.loads(pickle.dumps(fs)).handler.fs
+    assert type(copy).__name__ == "RetryingS3FileSystem" and copy.retry_policy.max_retries == 5

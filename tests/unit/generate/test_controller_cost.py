@@ -24,7 +24,7 @@ def api_config(out: str, **sections) -> GenerationConfig:
     return GenerationConfig.model_validate({
         "run_id": "priced",
         "prompts": {"arithmetic": {"count": COUNT, "digits": 2, "seed": 5}},
-        "teacher": {"engine": "openai", "model": "scripted-teacher", "api": {
+        "teacher": {"engine": "openai", "model": "scripted-teacher", "revision": "test", "api": {
             "base_url": "http://unused/v1", "price": {"output_usd_per_million": 1e6}}},
         "replicas": {"unit_timeout_s": 60, "start_timeout_s": 120, "max_attempts": 2},
         "sampling": {"n": N, "max_tokens": 64},
@@ -55,15 +55,15 @@ def test_a_budget_stops_within_one_unit_and_a_larger_one_resumes_exactly_once(tm
     full = COUNT * N * 57
     out = str(tmp_path / "out")
     first = _run(api_config(out, budget={"max_usd": 0.5 * full}))
-    assert first["status"] == "budget_exhausted"
-    spent = first["cost"]["spent_usd"]
+    assert first.status == "budget_exhausted"
+    spent = first.cost["spent_usd"]
     assert 0.5 * full - unit_cost <= spent <= 0.5 * full
     committed = read_commits(Storage(out))
-    assert first["shards"] == len(committed) == spent // unit_cost and not (tmp_path / "out" / "_SUCCESS").exists()
+    assert first.shards == len(committed) == spent // unit_cost and not (tmp_path / "out" / "_SUCCESS").exists()
 
     second = _run(api_config(out, budget={"max_usd": 2 * full}))
-    assert second["status"] == "complete" and second["shards_skipped"] == len(committed)
-    assert second["engine_requests"] == COUNT - PER_SHARD * len(committed)
+    assert second.status == "complete" and second.shards_skipped == len(committed)
+    assert second.engine_requests == COUNT - PER_SHARD * len(committed)
     manifest = read_manifest(out)
     assert manifest.totals.traces == COUNT * N and len(manifest.shards) == COUNT // PER_SHARD
     report = RunReport.model_validate_json((tmp_path / "out" / "report.json").read_text())
@@ -75,8 +75,8 @@ def test_a_spent_budget_starts_no_replica(tmp_path):
     out = str(tmp_path / "out")
     _run(api_config(out, budget={"max_usd": 5 * PER_SHARD * N * 57 + 1}))
     again = _run(api_config(out, budget={"max_usd": 5 * PER_SHARD * N * 57 + 1}))
-    assert again["status"] == "budget_exhausted" and again["engine_requests"] == 0
-    assert again["cost"]["this_invocation"]["usd_total"] == 0
+    assert again.status == "budget_exhausted" and again.engine_requests == 0
+    assert again.cost["this_invocation"]["usd_total"] == 0
 
 
 def test_replica_time_is_charged_and_a_replica_that_died_before_producing_is_failed(tmp_path):
@@ -88,7 +88,7 @@ def test_replica_time_is_charged_and_a_replica_that_died_before_producing_is_fai
     })
     observer = Observer()
     summary = _run(cfg, observer, fault=lambda e: "replica_dies" if e.replica == 1 and e.method == "process" else None)
-    assert summary["replicas_replaced"] == 1
+    assert summary.replicas_replaced == 1
     report = RunReport.model_validate_json((tmp_path / "out" / "report.json").read_text())
     replicas = {r.name: r for r in report.invocations[0].cost.replicas}
     assert set(replicas) == {"replica-1", "replica-2"}

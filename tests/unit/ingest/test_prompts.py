@@ -1,6 +1,6 @@
 """Prompt ingestion: row validation, dedup, Parquet/JSONL parity, templates, streaming, real datasets.
 
-    .venv/bin/pytest tests/unit/test_ingest.py
+    .venv/bin/pytest tests/unit/ingest/test_prompts.py
 """
 
 from __future__ import annotations
@@ -259,6 +259,7 @@ def test_report_caps_listed_errors_but_counts_all():
     assert "3 errors counted but not listed" in report.summary()
 
 
+@pytest.mark.slow  # writes and ingests 200k rows (~180 MB): tens of seconds of CPU
 def test_streaming_200k_rows_keeps_memory_well_below_file_size(tmp_path):
     """Peak RSS growth while ingesting a ~180 MB JSONL stays a fraction of the file (only prompt ids are kept)."""
     path = tmp_path / "big.jsonl"

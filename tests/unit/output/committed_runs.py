@@ -12,6 +12,7 @@ from pathlib import Path
 from potstill.pipelines.output.commit import commit_shard, finalize_run
 from potstill.pipelines.output.shard_writer import write_shard
 from potstill.pipelines.output.storage import Storage
+from potstill.schemas.generation import StorageConfig
 from potstill.schemas.manifest import ShardStats
 from potstill.schemas.prompt import prompt_id_of
 
@@ -56,9 +57,11 @@ def commit_rows(store: Storage, run_id: str, shard_id: str, rows: list[dict]) ->
 
 
 def make_run(root: str | Path, run_id: str, prompts: int = 6, n: int = 2, per_shard: int = 2, *, finalize: bool = True,
-             killed_attempt: bool = True, first_prompt: int = 0, verdict=default_verdict, **trace_kwargs) -> str:
-    """A run root with ceil(prompts/per_shard) committed shards of `n` samples per prompt; returns its URI."""
-    store = Storage(str(root))
+             killed_attempt: bool = True, first_prompt: int = 0, verdict=default_verdict,
+             storage: StorageConfig | None = None, **trace_kwargs) -> str:
+    """A run root (a folder, or s3:// with `storage`) with ceil(prompts/per_shard) committed shards of `n` samples
+    per prompt; returns its URI."""
+    store = Storage(str(root), storage)
     shard_ids = []
     for s, start in enumerate(range(first_prompt, first_prompt + prompts, per_shard)):
         shard_id = f"{s:06d}-{run_id}"

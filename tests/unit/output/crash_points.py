@@ -55,7 +55,9 @@ def config(uri: str, storage: StorageConfig) -> GenerationConfig:
 
 def generate(uri: str, storage: StorageConfig) -> dict[str, Any]:
     cfg = config(uri, storage)
-    return GenerationController(cfg, uri).run(SimulatedPool(cfg, uri, script=lambda prompt, k: f"<think>{k}</think>{k}"))
+    controller = GenerationController(cfg, uri)
+    controller.lease_beat_s = 0.05  # a crashed run's lease would hold each re-run for 2 beats; the lease is not under test
+    return controller.run(SimulatedPool(cfg, uri, script=lambda prompt, k: f"<think>{k}</think>{k}"))
 
 
 class Interposer:

@@ -52,6 +52,7 @@ def _gsm8k_number(row: dict[str, Any]) -> str:
     return row["answer"].rsplit("####", 1)[1].strip()
 
 
+@pytest.mark.slow  # 4,000 math-verify checks (each of 2,000 solutions against its own and a deranged answer)
 def test_gsm8k_solutions_verify_against_their_number() -> None:
     rows = _rows("gsm8k_train_2000.jsonl")
     own = [verify(r["answer"], _gsm8k_number(r)) for r in rows]

@@ -1,13 +1,11 @@
 """`potstill demo` without running it (the README test runs it end to end): the configs it uses make a
-smaller student that vLLM can serve and packs the teacher's traces well, it leaves trained questions out
-of evaluation, and its summary reads right.
+smaller student that vLLM can serve and packs the teacher's traces well, and its summary reads right
+(leaving trained questions out of the scoring is `test_evaluate.py`'s).
 
-    .venv/bin/pytest tests/integration/test_demo.py -q
+    .venv/bin/pytest tests/unit/jobs/test_run_demo.py -q
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 from potstill.cli.demo import summary_lines
 from potstill.pipelines.jobs import run_demo as demo
@@ -41,17 +39,6 @@ def test_a_trace_fits_the_packing_budget_several_times_over() -> None:
     longest = len(tok(row))
     per_row = train.packing.max_tokens // longest
     assert per_row >= 5 and per_row * longest / train.packing.max_tokens >= 0.95
-
-
-def test_trained_questions_are_read_from_the_committed_shards(tmp_path: Path) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    path = tmp_path / "run" / "data" / "s0" / "a.parquet"
-    path.parent.mkdir(parents=True)
-    messages = [[{"role": "user", "content": q}] for q in ("What is 1 + 2?", "What is 3 + 4?")]
-    pq.write_table(pa.table({"messages": messages}), path)
-    assert demo.trained_questions([str(path)]) == {"What is 1 + 2?", "What is 3 + 4?"}
 
 
 def test_summary_reads_right() -> None:
