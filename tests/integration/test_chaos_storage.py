@@ -33,7 +33,8 @@ from potstill.pipelines.generate.controller import GenerationController  # noqa:
 from potstill.cluster.ray_pool import RayReplicaPool  # noqa: E402
 from potstill.pipelines.jobs.run_generation import run_generation  # noqa: E402
 from potstill.pipelines.ingest.prompts import IngestReport, iter_prompts  # noqa: E402
-from potstill.pipelines.generate.plan import iter_units  # noqa: E402
+from potstill.pipelines.generate.plan import iter_units, plan_run  # noqa: E402
+from potstill.pipelines.output.run_record import open_run  # noqa: E402
 from potstill.pipelines.output.storage import Storage  # noqa: E402
 from potstill.schemas import StorageConfig  # noqa: E402
 
@@ -62,10 +63,13 @@ def test_two_attempts_racing_to_commit_one_shard_commit_exactly_once(s3_server, 
     storage = StorageConfig(endpoint_url=s3_server)
     uri = new_bucket(s3_server) + "/race"
     cfg = chaos_config(uri, "chaos-race", storage)
+    # The run is claimed as its controller claims it (run.json pins the plan and teacher) before any replica commits.
+    plan = plan_run(iter_prompts(cfg.prompts, storage, IngestReport()), "chaos-race", PER_SHARD)
+    open_run(Storage(uri, storage), cfg, "chaos-race", plan)
     pool = RayReplicaPool(cfg, uri)
     replica = pool.create()
     ray.get(replica.handle.start.remote())
-    unit = next(iter_units(iter_prompts(cfg.prompts, storage, IngestReport()), "chaos-race", PER_SHARD))
+    unit = next(iter_units(iter_prompts(cfg.prompts, storage, IngestReport()), "chaos-race", PER_SHARD, plan.plan_hash))
     # Two attempts of one shard generate, write and commit at the same time (as after a false hang verdict).
     first, second = ray.get([replica.handle.process.remote(unit), replica.handle.process.remote(unit)])
     assert first == second, "both attempts must report the one commit in force"
