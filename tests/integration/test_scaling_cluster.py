@@ -173,7 +173,7 @@ def ready_nodes(s: GenerationStatus) -> list[str]:
 # -- 1. the whole story ------------------------------------------------------------------------------------
 
 def test_train_follows_a_live_run_scaled_1_2_1_from_other_processes_and_reads_every_row_once(cluster, tmp_path):
-    from potstill.pipelines.distill.checkpointing import load_checkpoint
+    from potstill.pipelines.distill.checkpointing import read_train_state
     from potstill.pipelines.generate.controller import GenerationController
     from potstill.pipelines.generate.run_lease import RunLiveElsewhere
     from potstill.pipelines.generate.simulated_pool import SimulatedPool
@@ -254,7 +254,7 @@ def test_train_follows_a_live_run_scaled_1_2_1_from_other_processes_and_reads_ev
     assert summary["replicas_drained"] == 1 and summary["peak_replicas"] == 2 and summary["replicas_replaced"] == 0
     assert max(s.ready for s in manifest.scaling[-1].samples) == 2  # the pool over time, in the manifest
     # Training followed the live run from before its end to _SUCCESS and read every shard exactly once.
-    done = load_checkpoint(trained["checkpoint"])["loop"]["data"]["done"]
+    done = read_train_state(trained["checkpoint"])["loop"]["data"]["done"]
     assert sorted(done) == sorted(f"{out}/{s.data_path}" for s in manifest.shards) and len(done) == len(set(done))
     assert trained["follow"] and trained["attempts"][0]["at"] < (out / "_SUCCESS").stat().st_mtime
     if summary["attached"]:  # the detached controller was first: it lingers with the summary
