@@ -22,6 +22,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import random
@@ -136,11 +137,11 @@ def fake_run(root: Path, shards: int, start: int = 0) -> list[str]:
     for i in range(start, start + shards):
         shard_id = shard_id_for(i, [f"p{i}"])
         data_rel = f"data/{shard_id}/attempt-{i}.parquet"
-        body = b"x" * 64
+        body = f"shard {i} ".encode().ljust(64, b"x")  # distinct bytes: readers key shards by their sha256
         (root / "data" / shard_id).mkdir(parents=True, exist_ok=True)
         (root / data_rel).write_bytes(body)
         commit = ShardCommit(run_id="bench", shard_id=shard_id, attempt_id=f"attempt-{i}", data_path=data_rel,
-                             row_count=4, size_bytes=len(body), sha256="0" * 64, schema_hash=schema,
+                             row_count=4, size_bytes=len(body), sha256=hashlib.sha256(body).hexdigest(), schema_hash=schema,
                              prompt_ids=[f"p{i}"], stats=ShardStats(prompts=1, traces=4, verified=4, samples_drawn=4,
                                                                      completion_tokens=1600), committed_at=now)
         (root / "commits" / f"{shard_id}.json").write_bytes(commit.model_dump_json(indent=2).encode() + b"\n")
