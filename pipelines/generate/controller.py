@@ -378,6 +378,8 @@ class GenerationController:
             return
         if self.accounting.budget_stopped or not (self._owner or self._has_work()):
             return
+        if not self._replicas and not self._owner and not self.accounting.may_dispatch(self._retry[0].unit):
+            return  # budget.max_usd admits no unit: start no replica at all (nothing in flight: the stop is final)
         missing = self.target_replicas - len(active)
         for rep in self._replicas:  # a replica draining for a scale-down comes back before a new one starts
             if missing and rep.draining in ("scale-down", "idle") and rep.ready_at is not None:

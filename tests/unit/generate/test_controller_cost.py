@@ -77,6 +77,7 @@ def test_a_spent_budget_starts_no_replica(tmp_path):
     again = _run(api_config(out, budget={"max_usd": 5 * PER_SHARD * N * 57 + 1}))
     assert again.status == "budget_exhausted" and again.engine_requests == 0
     assert again.cost["this_invocation"]["usd_total"] == 0
+    assert again.replicas == [], "a replica was started for a run its budget could not pay for"
 
 
 def test_replica_time_is_charged_and_a_replica_that_died_before_producing_is_failed(tmp_path):
