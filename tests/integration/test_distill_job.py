@@ -260,7 +260,10 @@ def test_fsdp_with_traces_and_checkpoints_on_s3_resumes(traces: dict, s3_bucket)
                 "checkpoint": {"every_steps": 3}}
     first = run_training(small_config("s3-fsdp", [run], f"{root}/ckpt", run={"max_steps": 6}, **sections))
     assert first["student"].startswith("s3://") and first["steps"] == 6 and first["strategy"] == "fsdp"
-    second = run_training(small_config("s3-fsdp", [run], f"{root}/ckpt", run={"max_steps": 9}, **sections))
+    # Training longer is a new job resuming from the last one's checkpoint: under the same name a longer run is a
+    # changed config, which a resume refuses (docs/RELIABILITY.md, fault 27).
+    longer = {**sections, "checkpoint": {**sections["checkpoint"], "resume_from": f"{root}/ckpt/s3-fsdp/checkpoint_000000006"}}
+    second = run_training(small_config("s3-fsdp-longer", [run], f"{root}/ckpt", run={"max_steps": 9}, **longer))
     assert [(a["start_step"], a["resumed"]) for a in second["attempts"]] == [(6, True)]
     assert second["steps"] == 9
     from potstill.pipelines.jobs.evaluate import local_model

@@ -143,9 +143,9 @@ def test_a_ray_heads_metrics_endpoint_exposes_the_potstill_metrics_after_a_run(v
                                                                if n in ("ray_potstill_replicas", "ray_potstill_queue_depth",
                                                                         "ray_potstill_spend_usd")))
     tokens = sum(v for (name, _), v in after.items() if name == "ray_potstill_tokens_generated_total")
-    assert tokens == summary.totals.completion_tokens > 0
+    assert tokens == summary["totals"]["completion_tokens"] > 0
     accepted = after.get(("ray_potstill_traces_total", 'replica="replica-1",verdict="accepted"'), 0)
-    assert accepted == summary.totals.accepted_samples > 0
+    assert accepted == summary["totals"]["accepted_samples"] > 0
     assert after[("ray_potstill_units_committed_total", 'replica="replica-1"')] == 3
     assert after[("ray_potstill_request_latency_s_count", 'replica="replica-1"')] == 24
     assert after[("ray_potstill_prompt_tokens_total", 'replica="replica-1"')] > 0
