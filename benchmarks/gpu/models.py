@@ -44,11 +44,16 @@ class TeacherShape:
         # head_dim 64: vLLM's CPU attention rejects smaller heads.
         return cls(vocab=512, hidden=128, intermediate=256, layers=2, heads=2, kv_heads=1, tied=True)
 
+    def planning_shape(self) -> "ModelShape":
+        """The same decoder as `potstill plan` counts it (parameters, KV cache)."""
+        from potstill.pipelines.planning.shapes import ModelShape
+
+        return ModelShape(name="llama", vocab=self.vocab, hidden=self.hidden, layers=self.layers, heads=self.heads,
+                          kv_heads=self.kv_heads, head_dim=self.head_dim, intermediate=self.intermediate, tied=self.tied)
+
     def params(self) -> int:
         """All parameters (a tied output projection counted once)."""
-        h, kv = self.hidden, self.kv_heads * self.head_dim
-        layer = h * h + 2 * h * kv + h * h + 3 * h * self.intermediate + 2 * h
-        return self.vocab * h * (1 if self.tied else 2) + self.layers * layer + h
+        return self.planning_shape().params
 
     def decode_weight_params(self) -> int:
         """Parameters one decode step reads: all but the input embedding table (only looked up), unless it is the
@@ -56,7 +61,7 @@ class TeacherShape:
         return self.params() - (0 if self.tied else self.vocab * self.hidden)
 
     def kv_bytes_per_token(self, dtype_bytes: int) -> int:
-        return 2 * self.layers * self.kv_heads * self.head_dim * dtype_bytes
+        return self.planning_shape().kv_bytes_per_token(dtype_bytes)
 
 
 @dataclass(frozen=True)
