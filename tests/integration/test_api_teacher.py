@@ -2,7 +2,7 @@
 real Ray replicas holding the `openai` engine, real Parquet commits.
 
 One server serves every test here (the module fixture `vllm_server`). The
-same 100 arithmetic prompts x 4 go once through vLLM replica actors (priced
+same 48 arithmetic prompts x 4 go once through vLLM replica actors (priced
 per CPU-hour) and once through the API; the API run must commit with the same
 invariants and verify within 5 points of the actor run. A proxy then answers
 30% of requests with 429 + Retry-After under an RPM budget, and another goes
@@ -32,7 +32,7 @@ from potstill.schemas.report import RunReport  # noqa: E402
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
-N, COUNT, PER_SHARD = 4, 100, 25
+N, COUNT, PER_SHARD = 4, 48, 12
 PRICE = {"input_usd_per_million": 0.55, "output_usd_per_million": 2.19}
 CPU_HOUR_USD = 0.05  # the actor run's replicas are charged for their life, per reserved CPU
 COLUMNS = ["prompt_id", "sample_index", "verified", "completion_tokens", "completion_token_ids", "topk_ids",
@@ -43,7 +43,8 @@ def config(out: str, run_id: str, *, base_url: str | None, count: int = COUNT, n
            api: dict | None = None, **sections) -> GenerationConfig:
     """The arithmetic run, through the API at `base_url` (or, with None, through vLLM replica actors)."""
     if base_url is None:
-        teacher = {"model": "potstill:arithmetic-teacher", "dtype": "float32", "max_model_len": 256}
+        teacher = {"model": "potstill:arithmetic-teacher", "dtype": "float32", "max_model_len": 256,
+                    "engine_kwargs": {"enforce_eager": True}}
     else:
         teacher = {"engine": "openai", "model": "arithmetic-teacher",
                    "api": {"base_url": base_url, "return_token_ids": True, "price": PRICE, **(api or {})}}
@@ -187,7 +188,7 @@ def test_the_run_report_prices_the_api_tokens_and_charges_them_to_the_samples(ap
 def test_a_budget_below_the_runs_cost_stops_within_one_unit_and_a_larger_one_completes_it_exactly_once(
         ray_local, vllm_server, api_run, tmp_path):
     full = RunReport.model_validate_json((Path(api_run[0]) / "report.json").read_text()).spent_usd
-    per_shard = 10
+    per_shard = 8
     unit_cost = full / (COUNT // per_shard)
     budget = 0.55 * full
     out = str(tmp_path / "out")

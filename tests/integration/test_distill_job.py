@@ -2,20 +2,20 @@
 
     .venv/bin/pytest tests/integration/test_distill_job.py -q
 
-- shards from `run_generation` -> Ray Train, 2 gloo workers -> a student with fewer parameters than the
-  teacher and at least 0.9x its accuracy on fresh problems (both scored in vLLM on the `eval:` prompts of the
-  training config, the questions it was trained on left out);
+The whole loop's accuracy (a smaller student reaching 0.9x the teacher on fresh problems) is the README's main
+command, `potstill demo`, tested in test_readme.py; here are the job's fault tolerance and storage paths:
+
 - a worker fails at step k (the POTSTILL_FAULT_TRAIN_STEP hook) -> the group restarts from the last
   checkpoint, the step counter continues, the final checkpoint exists;
+- two runs with one seed train the same weights;
 - the driver of `potstill train` is SIGKILLed -> re-running the same name resumes, no finished epoch redone,
   and the finished job scores its student on the config's `eval.prompts`;
 - data.follow trains on a live run (shards committed after the job started) and ends at `_SUCCESS`;
-- FSDP with traces and checkpoints on S3 (moto) resumes from its S3 checkpoint; the student on S3 is copied
-  through the storage stack for scoring;
 - a pretrained Qwen2 student (a random one saved as a Hugging Face folder on S3) trains with FSDP2 from the meta
-  device, bf16 parameters, activation checkpointing and chunked losses on 2 workers; one worker is SIGKILLed and the
-  group resumes from the DCP checkpoint on S3; that checkpoint resumed on 1 worker trains the next step with the
-  loss the 2 workers had; the exported folder loads and generates in transformers and vLLM.
+  device, bf16 parameters, activation checkpointing and chunked losses on 2 workers, traces and checkpoints on S3
+  (moto); one worker is SIGKILLed and the group resumes from the DCP checkpoint on S3; that checkpoint resumed on
+  1 worker trains the next step with the loss the 2 workers had; the exported folder on S3 is copied through the
+  storage stack for scoring, loads and generates in transformers and vLLM.
 """
 
 from __future__ import annotations
@@ -44,20 +44,19 @@ from potstill.schemas.training import TrainingConfig
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
-TRAIN_EXAMPLE = REPO / "examples" / "distill_arithmetic.yaml"
 
 
 @pytest.fixture(scope="module")
 def traces(ray_local, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """One generation run shared by every test here: 2000 fresh problems x 1 sample, 8 shards, top-4 logprobs."""
+    """One generation run shared by every test here: 500 fresh problems x 1 sample, 2 shards, top-4 logprobs."""
     from potstill.pipelines.jobs.run_generation import run_generation
     from potstill.schemas import GenerationConfig
 
     out = tmp_path_factory.mktemp("gen") / "traces"
     cfg = load_config(REPO / "examples" / "arithmetic.yaml", GenerationConfig, {
-        "output.uri": str(out), "prompts.arithmetic.count": 2000, "sampling.n": 1, "output.prompts_per_shard": 250})
+        "output.uri": str(out), "prompts.arithmetic.count": 500, "sampling.n": 1, "output.prompts_per_shard": 250})
     summary = run_generation(cfg)
-    assert summary.totals.traces == 2000 and (out / "_SUCCESS").exists()
+    assert summary.totals.traces == 500 and (out / "_SUCCESS").exists()
     return {"uri": str(out), "files": committed_data_files(str(out)), "summary": summary}
 
 
@@ -101,30 +100,6 @@ def small_config(name: str, runs: list[str], storage_path: str, **sections) -> T
     return TrainingConfig.model_validate(base)
 
 
-def test_student_from_generated_shards_reaches_the_teachers_accuracy(traces: dict, tmp_path: Path) -> None:
-    from potstill.pipelines.jobs.evaluate import count_parameters, evaluate, evaluate_student, student_eval_prompts
-    from potstill.pipelines.jobs.run_training import run_training
-
-    cfg = load_config(TRAIN_EXAMPLE, TrainingConfig, {"data.runs": [traces["uri"]], "checkpoint.storage_path": str(tmp_path),
-                                                      "eval.prompts": "arithmetic:200"})
-    summary = run_training(cfg)
-    assert summary["workers"] == 2 and not summary["use_gpu"] and summary["topk_width"] == 4
-    assert summary["traces"] == 2000 and summary["packing_efficiency"] >= 0.95
-    history = sorted((json.loads(p.read_text()) for p in (tmp_path / cfg.name).glob("checkpoint_*/metrics.json")),
-                     key=lambda m: m["step"])
-    assert history[-1]["step"] == summary["steps"] and history[-1]["loss"] < 0.05
-
-    problems = student_eval_prompts(cfg)
-    trained = {m[-1]["content"] for f in traces["files"] for m in pq.read_table(f, columns=["messages"])["messages"].to_pylist()}
-    assert len(problems) == 200 and not trained & {p.messages[-1]["content"] for p in problems}
-    teacher = evaluate("potstill:arithmetic-teacher", problems)
-    student = evaluate_student(cfg, summary["student"])
-    assert student["n"] == 200 and student["prompts"] == "arithmetic:200"
-    print(f"teacher {teacher['accuracy']:.3f} student {student['accuracy']:.3f}")
-    assert count_parameters(summary["student"]) < count_parameters("potstill:arithmetic-teacher")
-    assert student["accuracy"] >= 0.9 * teacher["accuracy"] and teacher["accuracy"] >= 0.95
-
-
 def test_worker_failure_restarts_from_the_last_checkpoint(traces: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from potstill.pipelines.jobs.run_training import run_training
 
@@ -150,7 +125,7 @@ def test_the_same_seed_trains_the_same_student(traces: dict, tmp_path: Path) -> 
 
     run = str(tmp_path / "run")
     copy_shards(traces["files"][:1], run)
-    students = [run_training(small_config(f"seeded-{i}", [run], str(tmp_path / "ckpt"), run={"epochs": 2}))["student"]
+    students = [run_training(small_config(f"seeded-{i}", [run], str(tmp_path / "ckpt")))["student"]
                 for i in range(2)]
     first, second = (load_file(f"{s}/model.safetensors") for s in students)
     assert first.keys() == second.keys()
@@ -209,7 +184,7 @@ def test_follow_trains_on_a_live_run_and_ends_at_success(traces: dict, tmp_path:
     from potstill.pipelines.jobs.run_training import run_training
 
     live = tmp_path / "live"
-    files = traces["files"][:4]
+    files = traces["files"][:2]
     committed_at: list[float] = []
     started = time.time()
     seen = threading.Condition()
@@ -245,34 +220,9 @@ def test_follow_trains_on_a_live_run_and_ends_at_success(traces: dict, tmp_path:
     assert started < summary["attempts"][0]["at"] < (live / "_SUCCESS").stat().st_mtime
     done = read_train_state(summary["checkpoint"])["loop"]["data"]["done"]
     assert sorted(Path(f).parent.name for f in done) == sorted(Path(f).parent.name for f in files)
-    # 4 shards x 50 packed rows over 2 workers at 3 rows a step: 34 steps when rounds split evenly, at most
-    # 68 when every round holds one shard (the other worker pads).
-    assert 34 <= summary["steps"] <= 68
-
-
-def test_fsdp_with_traces_and_checkpoints_on_s3_resumes(traces: dict, s3_bucket) -> None:
-    from potstill.pipelines.jobs.run_training import run_training
-
-    root, storage = s3_bucket
-    run = f"{root}/traces"
-    copy_shards(traces["files"][:1], run, storage)
-    sections = {"data": {"storage": storage.model_dump()}, "strategy": {"kind": "fsdp"},
-                "checkpoint": {"every_steps": 3}}
-    first = run_training(small_config("s3-fsdp", [run], f"{root}/ckpt", run={"max_steps": 6}, **sections))
-    assert first["student"].startswith("s3://") and first["steps"] == 6 and first["strategy"] == "fsdp"
-    # Training longer is a new job resuming from the last one's checkpoint: under the same name a longer run is a
-    # changed config, which a resume refuses (docs/RELIABILITY.md, fault 27).
-    longer = {**sections, "checkpoint": {**sections["checkpoint"], "resume_from": f"{root}/ckpt/s3-fsdp/checkpoint_000000006"}}
-    second = run_training(small_config("s3-fsdp-longer", [run], f"{root}/ckpt", run={"max_steps": 9}, **longer))
-    assert [(a["start_step"], a["resumed"]) for a in second["attempts"]] == [(6, True)]
-    assert second["steps"] == 9
-    from potstill.pipelines.jobs.evaluate import local_model
-
-    stored = Storage(second["student"], storage)
-    assert stored.size("model.safetensors") > 0
-    with local_model(second["student"], storage) as folder:  # what scoring an S3 student loads into vLLM
-        for rel in stored.list():
-            assert Path(folder, rel).read_bytes() == stored.read_bytes(rel), rel
+    # 2 shards x 50 packed rows over 2 workers at 3 rows a step: 17 steps when rounds split evenly, at most
+    # 34 when every round holds one shard (the other worker pads).
+    assert 17 <= summary["steps"] <= 34
 
 
 @pytest.fixture
@@ -348,8 +298,13 @@ def test_pretrained_qwen2_student_fsdp_bf16_on_s3_survives_a_killed_worker_and_r
     print(f"step 7 after resuming step 6: 2 workers {after6_on_two[0]:.6f}, 1 worker {on_one[0]:.6f}")
     assert on_one[0] == pytest.approx(after6_on_two[0], rel=1e-3)
 
-    # The exported student (bf16 safetensors, sharded state streamed by the workers) loads and generates.
+    # The exported student (bf16 safetensors, sharded state streamed by the workers) is copied from S3 byte for
+    # byte (what scoring an S3 student loads into vLLM), loads and generates.
     folder = local_model_dir(first["student"], storage)
+    stored = Storage(first["student"], storage)
+    assert stored.size("model.safetensors") > 0
+    for rel in stored.list():
+        assert Path(folder, rel).read_bytes() == stored.read_bytes(rel), rel
     model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True)
     tok = AutoTokenizer.from_pretrained(folder)
     assert model.config.dtype == torch.bfloat16 and type(model).__name__ == "Qwen2ForCausalLM"

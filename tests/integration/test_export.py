@@ -42,7 +42,8 @@ def teacher_run(ray_local, s3_server):
     cfg = GenerationConfig.model_validate({
         "run_id": "export-it",
         "prompts": {"arithmetic": {"count": 40, "digits": 3, "seed": 4321}},
-        "teacher": {"model": "potstill:arithmetic-teacher", "dtype": "float32", "max_model_len": 256},
+        "teacher": {"model": "potstill:arithmetic-teacher", "dtype": "float32", "max_model_len": 256,
+                    "engine_kwargs": {"enforce_eager": True}},
         "sampling": {"n": 2, "temperature": 0.6, "max_tokens": 192},
         "verify": {"method": "math"},
         "output": {"uri": uri, "prompts_per_shard": 14, "storage": storage.model_dump()},

@@ -34,7 +34,8 @@ def arithmetic_config(out: str, run_id: str, count: int = 200, per_shard: int = 
     return GenerationConfig.model_validate({
         "run_id": run_id,
         "prompts": {"arithmetic": {"count": count, "digits": DIGITS, "seed": PROMPT_SEED}},
-        "teacher": {"model": "potstill:arithmetic-teacher", "dtype": "float32", "max_model_len": 256},
+        "teacher": {"model": "potstill:arithmetic-teacher", "dtype": "float32", "max_model_len": 256,
+                    "engine_kwargs": {"enforce_eager": True}},
         "sampling": {"n": N, "temperature": 0.6, "max_tokens": 192, "logprobs": 4},
         "verify": {"method": "math"},
         "output": {"uri": out, "prompts_per_shard": per_shard, "storage": (storage or StorageConfig()).model_dump()},
@@ -162,7 +163,8 @@ def test_bad_rows_are_reported_and_valid_rows_complete(tmp_path, ray_local):
     cfg = GenerationConfig.model_validate({
         "run_id": "bad-input",
         "prompts": {"path": str(src), "fields": {"messages": "messages", "reference": "answer"}, "max_prompt_chars": 2000},
-        "teacher": {"model": "potstill:arithmetic-teacher", "dtype": "float32", "max_model_len": 256},
+        "teacher": {"model": "potstill:arithmetic-teacher", "dtype": "float32", "max_model_len": 256,
+                    "engine_kwargs": {"enforce_eager": True}},
         "sampling": {"n": 1, "temperature": 0.0, "max_tokens": 192},
         "output": {"uri": str(tmp_path / "out"), "prompts_per_shard": 4},
     })

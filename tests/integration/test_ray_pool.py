@@ -33,7 +33,8 @@ def config(out: str, **replicas) -> GenerationConfig:
     return GenerationConfig.model_validate({
         "run_id": "pool-test",
         "prompts": {"arithmetic": {"count": 4, "digits": 2, "seed": 1}},
-        "teacher": {"model": "potstill:arithmetic-teacher", "dtype": "float32", "max_model_len": 256},
+        "teacher": {"model": "potstill:arithmetic-teacher", "dtype": "float32", "max_model_len": 256,
+                    "engine_kwargs": {"enforce_eager": True}},
         "replicas": {"cpus_per_replica": 1, **replicas},
         "output": {"uri": out, "prompts_per_shard": 2},
     })

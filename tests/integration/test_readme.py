@@ -53,5 +53,7 @@ def test_readme_main_command_runs_the_whole_loop(tmp_path):
     assert summary["student_params"] < summary["teacher_params"] == 541_312
     assert summary["teacher_acc"] >= 0.95 and summary["student_acc"] >= 0.9 * summary["teacher_acc"]
     assert summary["traces"] == 2000 and summary["out"] == str(tmp_path / "out")
+    # KD on the teacher's stored top-4, rows packed nearly full (the distillation job's own figures).
+    assert summary["kd_topk"] == 4 and summary["packing_efficiency"] >= 0.95 and summary["train_steps"] > 0
     assert (tmp_path / "out" / "traces" / "_SUCCESS").exists()
     assert "1/3 generating" in out.stderr and "2/3 distilling" in out.stderr and "3/3 scoring" in out.stderr

@@ -59,7 +59,7 @@ class VllmServer:
             return self
         cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", resolve_model(SHIPPED_TEACHER),
                "--served-model-name", SERVED_NAME, "--host", "127.0.0.1", "--port", str(self.port),
-               "--dtype", "float32", "--max-model-len", "256", "--seed", "0", "--disable-log-stats",
+               "--dtype", "float32", "--max-model-len", "256", "--seed", "0", "--disable-log-stats", "--enforce-eager",
                "--uvicorn-log-level", "warning"]
         env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1")
         with open(self.log_path, "wb") as log:

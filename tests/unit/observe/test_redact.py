@@ -98,8 +98,11 @@ def test_a_librarys_own_non_propagating_handler_prints_redacted_records(tmp_path
         "except RuntimeError:\n"
         "    log.exception('start failed')\n"
     )
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "POTSTILL_VLLM_TOKEN": "hf_vllmcanary_0123456789"})
+    # A clean environment: what earlier tests left in os.environ (log levels, Ray addresses, other secrets) must
+    # not change what this process prints.
+    env = {k: os.environ[k] for k in ("PATH", "HOME", "TMPDIR") if k in os.environ}
+    env |= {"POTSTILL_VLLM_TOKEN": "hf_vllmcanary_0123456789", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env)
     text = out.stdout + out.stderr
     assert out.returncode == 0, text[-2000:]
     assert "engine args" in text and "start failed" in text, text[-2000:]
