@@ -48,7 +48,7 @@ class TimedPool:
     def __init__(self, pool):
         self.pool = pool
         self.cpu_s = 0.0
-        for name in ("create", "call", "wait", "result", "kill", "now", "placement", "draining_nodes",
+        for name in ("create", "call", "wait", "result", "kill", "retire", "now", "placement", "draining_nodes",
                      "request_capacity", "location"):
             setattr(self, name, self._timed(getattr(pool, name)))
 

@@ -1,7 +1,8 @@
-"""Connect to Ray: the cluster named by RAY_ADDRESS / --address, else a local one.
+"""Connect to Ray: the cluster named by RAY_ADDRESS / --address, else a local one; and let go of it.
 
     ensure_ray()            # laptop: starts local Ray with this machine's CPUs
     ensure_ray("auto")      # inside a KubeRay head / a submitted Ray job
+    shutdown_ray()          # the end of a command (potstill/cli/session.py): a local cluster stops with it
 
 Non-secret settings the actors need (vLLM's CPU KV-cache size, HF offline
 flags) are forwarded through the runtime env so they reach workers on every
@@ -18,6 +19,11 @@ FORWARDED_ENV = (
     "VLLM_CPU_KVCACHE_SPACE", "VLLM_CPU_OMP_THREADS_BIND", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE",
     "TOKENIZERS_PARALLELISM", "AWS_DEFAULT_REGION", "AWS_REGION",
 )
+
+LOCAL_ONLY_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+"""A local cluster is one node that this command starts and stops: no node of it is ever drained, so Ray Train's
+preemption watcher (an extra actor polling for drains, whose core worker logged an error at every demo's
+teardown) has nothing to watch."""
 
 
 def forwarded_env() -> dict[str, str]:
@@ -46,5 +52,15 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None, *, dashb
     if address:
         ray.init(address=address, **kwargs)
         return False
+    env.update(LOCAL_ONLY_ENV)
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, **kwargs)
     return True
+
+
+def shutdown_ray() -> None:
+    """Disconnect from Ray; a local cluster `ensure_ray` started stops with it (its processes are gone when this
+    returns). Call it after the job has retired its actors, not from an atexit hook."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown(wait_for_processes=True)

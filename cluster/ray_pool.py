@@ -8,7 +8,10 @@ Each replica is a `TeacherReplica` actor named
 and the chaos tests find a run's replicas by name), inside its own placement
 group (`resources.replica_plan`: one bundle, or the GPU bundles of a tensor-
 or pipeline-parallel replica). Killing a replica also removes its placement
-group, so what it held is free for the replacement at once. A group that is
+group, so what it held is free for the replacement at once. At the end of a run a
+replica is retired instead: its vLLM engine is shut down in order first (no
+engine process, shared-memory segment or interpreter-shutdown traceback left
+behind), then it is killed. A group that is
 not created yet is a pending replica; `placement` says what it waits for
 from the group's scheduling state (NO_RESOURCES: the cluster is full now;
 INFEASIBLE: no node could ever hold it). Draining nodes come from the GCS
@@ -36,6 +39,9 @@ from potstill.schemas.generation import GenerationConfig
 
 NAMESPACE = "potstill"
 """The Ray namespace of every potstill actor: a run's controller is found there by name from any process."""
+
+RETIRE_S = 30.0
+"""How long a retiring replica gets to shut its engine down before it is killed."""
 
 _NODE_DIED = "its node has died"  # Ray's wording when an actor died with its node
 
@@ -133,6 +139,15 @@ class RayReplicaPool:
         if rep.placement is not None:
             ray.util.remove_placement_group(rep.placement)
             rep.placement = None
+
+    def retire(self, rep: Replica) -> None:
+        import ray
+
+        try:  # the engine stops in order (its processes, shared memory) while the actor's interpreter is whole
+            ray.get(rep.handle.shutdown.remote(), timeout=RETIRE_S)
+        except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError):
+            pass  # gone already, or stuck: the kill ends it either way
+        self.kill(rep)
 
     def now(self) -> float:
         return time.monotonic()

@@ -306,7 +306,7 @@ class GenerationController:
             self.accounting.generation_s = self._generation_s
             for rep in list(self._replicas):
                 stats = self._collect_requests(rep)
-                pool.kill(rep)
+                pool.retire(rep)
                 self.accounting.replica_ended(rep.name, stats)
                 self._retired.append(replica_info(rep, pool.now(), retired="run finished"))
             self._replicas.clear()

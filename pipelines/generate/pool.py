@@ -93,6 +93,10 @@ class ReplicaPool(Protocol):
     def kill(self, rep: Replica) -> None:
         """Stop `rep` now and free what it holds; its calls in flight then fail with `ReplicaLost`."""
 
+    def retire(self, rep: Replica) -> None:
+        """Let a healthy, idle `rep` go at the end of a run: its engine shuts down in order, then it is gone as
+        after `kill` (which ends it if that takes too long)."""
+
     def now(self) -> float:
         """The pool's monotonic clock (seconds) that deadlines are measured on."""
 

@@ -241,6 +241,9 @@ class SimulatedPool:
         self.killed.append(rep.name)
         self._lose(rep.handle, ReplicaLost(f"{rep.name} was killed"))
 
+    def retire(self, rep: Replica) -> None:
+        self.kill(rep)
+
     def now(self) -> float:
         return self.clock
 
