@@ -9,6 +9,11 @@ flags) are forwarded through the runtime env so they reach workers on every
 node. Credentials are not: a runtime env is visible in the dashboard and job
 metadata. Local workers inherit them from this process; on a cluster they
 come from the pods' own environment (a Kubernetes secret or IRSA).
+
+Ray's driver-side records go through potstill's logging set-up
+(`pipelines/observe/logs.py`) once the process has one (the CLI's commands);
+the workers' output is forwarded to the driver, whose command session writes
+it to the run's log file.
 """
 
 from __future__ import annotations
@@ -43,6 +48,8 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None, *, dashb
     """
     import ray
 
+    from potstill.pipelines.observe.logs import adopt_library_loggers
+
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS")
@@ -51,9 +58,11 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None, *, dashb
               "configure_logging": True}
     if address:
         ray.init(address=address, **kwargs)
+        adopt_library_loggers()  # `import ray` and `ray.init` gave Ray's logger a handler of its own
         return False
     env.update(LOCAL_ONLY_ENV)
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, **kwargs)
+    adopt_library_loggers()
     return True
 
 

@@ -25,6 +25,8 @@ What `redact` removes:
 propagate to the root — prints redacted text too; it also adds a filter to
 the root handlers for exception text. Level from `POTSTILL_LOG_LEVEL`
 (default INFO; DEBUG makes a run verbose, botocore's signed requests included).
+vLLM's engine processes and Ray's logger use the same handler and format
+(`pipelines/observe/logs.py`).
 """
 
 from __future__ import annotations
@@ -37,11 +39,10 @@ from collections.abc import Iterable
 from functools import lru_cache
 from typing import Any
 
+from potstill.pipelines.observe.logs import LEVEL_ENV  # noqa: F401 - where callers have looked for it
 from potstill.pipelines.output.storage import scrub
 
-LEVEL_ENV = "POTSTILL_LOG_LEVEL"
 _SECRET_NAME = re.compile(r"(API_?KEY|ACCESS_KEY|SECRET_KEY|SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIALS?|AUTH)$", re.I)
-_CHATTY = ("botocore", "aiobotocore", "s3fs", "fsspec", "urllib3")
 _MIN_SECRET_LEN = 6  # shorter values ("1", "true") would blank out ordinary text
 
 # Credential forms, redacted whatever the value.
@@ -213,25 +214,28 @@ def install_redaction(config: Any = None) -> None:
     _install_record_factory()
 
 
-def configure_logging(config: Any = None, fmt: str = "%(asctime)s %(name)s %(levelname)s %(message)s") -> None:
-    """Root logging at POTSTILL_LOG_LEVEL, every record of the process redacted; idempotent.
+def configure_logging(config: Any = None, fmt: str | None = None) -> None:
+    """Root logging at POTSTILL_LOG_LEVEL, every record of the process redacted, vLLM's and Ray's records through
+    the same handler (`logs.share_with_libraries`); idempotent.
 
     `config` (a config's `model_dump()`, optional): its secret values (tokens
     in `engine_kwargs`, URL passwords) are redacted from then on as well.
     """
-    level = os.environ.get(LEVEL_ENV, "INFO").upper()
-    if not isinstance(logging.getLevelName(level), int):
-        raise ValueError(f"{LEVEL_ENV}={level!r} is not a logging level; use DEBUG, INFO, WARNING or ERROR")
+    from potstill.pipelines.observe.logs import CHATTY, HANDLER, LOG_FORMAT, log_level, share_with_libraries
+
+    level = log_level()
     install_redaction(config)
     root = logging.getLogger()
     if not root.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter(fmt))
+        handler = logging.StreamHandler()  # sys.stderr as it is now: the CLI's log file, an actor's Ray log
+        handler.set_name(HANDLER)
+        handler.setFormatter(logging.Formatter(fmt or LOG_FORMAT))
         root.addHandler(handler)
     for handler in root.handlers:
         if not any(isinstance(f, RedactingFilter) for f in handler.filters):
             handler.addFilter(RedactingFilter())
     root.setLevel(level)
     # The S3 client stack's INFO lines are noise; at DEBUG (a verbose run) they are wanted.
-    for name in _CHATTY:
+    for name in CHATTY:
         logging.getLogger(name).setLevel(logging.NOTSET if level == "DEBUG" else logging.WARNING)
+    share_with_libraries(level)

@@ -81,8 +81,9 @@ def test_config_secrets_are_registered_and_redacted_from_run_records():
     assert redact("vLLM got hf_cfgcanary_123") == "vLLM got ***"
 
 
-def test_a_librarys_own_non_propagating_handler_prints_redacted_records(tmp_path):
-    # vLLM's logger has its own stdout handler and does not propagate to the root, where the filter sits.
+def test_vllm_records_go_through_potstills_redacting_handler(tmp_path):
+    # vLLM applies the dictConfig that configure_logging named in VLLM_LOGGING_CONFIG_PATH: its logger propagates
+    # to potstill's one root handler (redacting, potstill's format) instead of printing through its own.
     script = (
         "import logging\n"
         "from potstill.pipelines.observe.redact import configure_logging\n"
@@ -90,7 +91,7 @@ def test_a_librarys_own_non_propagating_handler_prints_redacted_records(tmp_path
         "import vllm.logger\n"
         "from vllm.config.logging import LoggingConfig\n"
         "vllm.logger.configure_logging_if_needed(LoggingConfig())  # what vLLM does when it builds an engine\n"
-        "assert not logging.getLogger('vllm').propagate and logging.getLogger('vllm').handlers\n"
+        "assert logging.getLogger('vllm').propagate and not logging.getLogger('vllm').handlers\n"
         "log = vllm.logger.init_logger('vllm.engine.canary')\n"
         "log.warning('engine args: hf_token=%s', 'hf_vllmcanary_0123456789')\n"
         "try:\n"
@@ -106,6 +107,7 @@ def test_a_librarys_own_non_propagating_handler_prints_redacted_records(tmp_path
     text = out.stdout + out.stderr
     assert out.returncode == 0, text[-2000:]
     assert "engine args" in text and "start failed" in text, text[-2000:]
+    assert " vllm.engine.canary WARNING engine args: hf_token=***" in out.stderr, text[-2000:]
     assert "hf_vllmcanary" not in text, text[-2000:]
 
 
