@@ -37,9 +37,11 @@ ProgressFn = Callable[[dict[str, Any]], None]
 def run_demo(
     out: str = "runs/demo", *, prompts: int = DEMO_PROMPTS, eval_problems: int = EVAL_PROBLEMS,
     on_stage: Callable[[str], None] | None = None, on_generation: Callable[[GenerationStatus], None] | None = None,
-    on_training: ProgressFn | None = None,
+    on_training: ProgressFn | None = None, on_scoring: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
-    """Run the three stages; returns the summary (teacher_acc, student_acc, params, traces, out, ...)."""
+    """Run the three stages; returns the summary (teacher_acc, student_acc, params, traces, out, ...).
+
+    `on_scoring(done, total)` counts the models scored (teacher, then student)."""
     from potstill.cluster.connect import ensure_ray
     from potstill.pipelines.jobs.evaluate import count_parameters, evaluate, load_eval_prompts, trained_questions
     from potstill.pipelines.jobs.run_training import local_cpus, run_training
@@ -65,8 +67,12 @@ def run_demo(
 
     stage(f"3/3 scoring teacher and student in vLLM on {eval_problems} fresh held-out problems")
     problems = load_eval_prompts(f"arithmetic:{eval_problems}", exclude=trained_questions([traces_uri]))
+    scored = on_scoring or (lambda done, total: None)
+    scored(0, 2)
     teacher = evaluate(gen_cfg.teacher.model, problems)
+    scored(1, 2)
     student = evaluate(training["student"], problems)
+    scored(2, 2)
     return {
         "teacher_acc": teacher["accuracy"],
         "student_acc": student["accuracy"],

@@ -80,9 +80,15 @@ def _refuse(storage: Storage, run_id: str, why: str) -> RunConflictError:
                             "setups in one run; restore what changed, or start a new run (new --run-id and --out)")
 
 
+COMMAND_LOGS = "logs"
+"""The folder of a run's output where the CLI's command sessions keep their log files."""
+
+
 def _check_empty(storage: Storage) -> None:
-    # A probe, or the temp file of a run.json create that crashed, is potstill's own leftover, not the user's.
-    found = [name for name in storage.top_level() if not name.startswith(PROBE_PREFIX) and not name.endswith(TEMP_SUFFIX)]
+    # A probe, the temp file of a run.json create that crashed, or the log folder of the command that is about to
+    # write the run (potstill/cli/session.py) is potstill's own, not the user's.
+    found = [name for name in storage.top_level()
+             if not name.startswith(PROBE_PREFIX) and not name.endswith(TEMP_SUFFIX) and name != COMMAND_LOGS]
     if found:
         raise RunConflictError(
             f"output.uri: {storage.uri} is not empty ({', '.join(found[:5])}{' ...' if len(found) > 5 else ''}) and "

@@ -8,12 +8,13 @@ import sys
 from typing import Any, TextIO
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
+from potstill.cli.display import TerminalConsole
 from potstill.schemas.generation import StorageConfig
 
-console = Console(stderr=True)
+console = TerminalConsole(stderr=True)
+"""The terminal: progress, warnings, summaries and errors (never engine logs; see session.py)."""
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -60,6 +61,8 @@ def print_json(obj: Any) -> None:
 
 
 EndpointOption = typer.Option(None, "--endpoint-url", help="S3 endpoint for s3:// URIs (MinIO, moto, ...).")
+VerboseOption = typer.Option(False, "--verbose", "-v", help="Also show the engine, Ray and worker logs on the terminal "
+                             "(they always go to the log file in the output folder; POTSTILL_LOG_LEVEL does the same).")
 
 
 def last_json_line(output: str | bytes) -> Any:

@@ -1,31 +1,17 @@
-"""`potstill demo`: shipped teacher -> traces -> a smaller student with Ray Train -> both scored, one command."""
+"""`potstill demo`: shipped teacher -> traces -> a smaller student with Ray Train -> both scored, one command.
+
+The terminal shows one live line per stage and the summary; vLLM's, Ray's
+and the workers' logs go to `<out>/logs/demo-<time>.log` (`--verbose` shows
+them too; see `potstill/cli/session.py`).
+"""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import typer
 
-from potstill.cli.common import console, fail, print_json, reserve_stdout_for_json
-from potstill.schemas.results import GenerationStatus
-
-
-def _generation_bar(disable: bool) -> tuple[Any, Any]:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("prompts"),
-                   TextColumn("· traces {task.fields[traces]} · verified {task.fields[acc]}"), TimeElapsedColumn(),
-                   console=console, disable=disable)
-    task = bar.add_task("starting teacher", total=None, traces=0, acc="-")
-
-    def update(p: GenerationStatus) -> None:
-        t = p.totals
-        judged = t.verified + t.rejected
-        bar.update(task, description=p.phase, total=p.prompts_total or None, completed=p.prompts_done,
-                   traces=t.traces, acc=f"{t.verified / judged:.0%}" if judged else "-")
-
-    return bar, update
+from potstill.cli.common import VerboseOption, fail, print_json
 
 
 def summary_lines(s: dict[str, Any]) -> list[str]:
@@ -43,46 +29,49 @@ def summary_lines(s: dict[str, Any]) -> list[str]:
 
 
 def demo(
-    out: str = typer.Option("runs/demo", "--out", help="Output folder (traces/, train/); re-using it resumes every stage."),
+    out: str = typer.Option("runs/demo", "--out", help="Output folder (traces/, train/, logs/); re-using it resumes every stage."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as one JSON object, alone on stdout."),
+    verbose: bool = VerboseOption,
 ) -> None:
     """The whole loop on the shipped teacher: traces -> a smaller student (Ray Train, 2 CPU workers) -> accuracies."""
-    if json_out:
-        reserve_stdout_for_json()
-    from potstill.cli.train import TrainBar
+    from potstill.cli.session import command_session
+    from potstill.cli.views import generation_view, training_view
     from potstill.pipelines.jobs.run_demo import run_demo
 
-    started = time.time()
-    gen_bar, on_generation = _generation_bar(disable=False)
-    train_bar = TrainBar(disable=False)
-    training = False
+    with command_session("demo", out, json_out=json_out, verbose=verbose) as session:
+        views: dict[str, Any] = {}
 
-    def on_stage(text: str) -> None:
-        nonlocal training
-        console.print(f"[bold cyan]potstill demo[/] {text} ({time.time() - started:.0f} s)", highlight=False)
-        if text.startswith("2/3"):
-            gen_bar.stop()
-            train_bar.__enter__()
-            training = True
-        elif text.startswith("3/3") and training:
-            train_bar.__exit__(None, None, None)
-            training = False
+        def on_stage(text: str) -> None:
+            session.end_phase()
+            session.print(f"[bold cyan]potstill demo[/] {text}")
 
-    gen_bar.start()
-    try:
-        summary = run_demo(out, on_stage=on_stage, on_generation=on_generation, on_training=train_bar)
-    except (ValueError, FileNotFoundError) as exc:
-        fail(str(exc))
-    except Exception as exc:  # noqa: BLE001 - one clear line; every stage resumes on a re-run
-        cause = getattr(exc, "cause", None) or exc
-        fail(f"{type(cause).__name__}: {cause}\nCommitted shards and checkpoints are kept; re-run the same command "
-             "to resume.", 1)
-    finally:
-        gen_bar.stop()
-        if training:
-            train_bar.__exit__(None, None, None)
-    if json_out:
-        print_json(summary)
-        return
-    for line in summary_lines(summary):
-        console.print(line, highlight=False)
+        def on_generation(p: Any) -> None:
+            if "generation" not in views:
+                views["generation"] = generation_view(session.next_phase("starting teacher", "prompts", "generated"))
+            views["generation"](p)
+
+        def on_training(p: dict[str, Any]) -> None:
+            if "training" not in views:
+                views["training"] = training_view(session.next_phase("starting", "steps", "trained"))
+            views["training"](p)
+
+        def on_scoring(done: int, total: int) -> None:
+            if "scoring" not in views:
+                views["scoring"] = session.next_phase("scoring", "models", "scored", total=total)
+            views["scoring"].update(done=done, total=total, status=("scoring teacher", "scoring student", "scored")[done])
+
+        try:
+            summary = run_demo(out, on_stage=on_stage, on_generation=on_generation, on_training=on_training,
+                               on_scoring=on_scoring)
+        except (ValueError, FileNotFoundError) as exc:
+            fail(str(exc))
+        except Exception as exc:  # noqa: BLE001 - one clear line; every stage resumes on a re-run
+            cause = getattr(exc, "cause", None) or exc
+            fail(f"{type(cause).__name__}: {cause}\nCommitted shards and checkpoints are kept; re-run the same "
+                 f"command to resume (the log: {session.log_path}).", 1)
+        session.end_phase()
+        if json_out:
+            print_json(summary)
+            return
+        for line in summary_lines(summary):
+            session.print(line)

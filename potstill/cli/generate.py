@@ -1,4 +1,8 @@
-"""`potstill generate CONFIG.yaml [--dry-run | --detach]`: run a generation job with a live progress bar.
+"""`potstill generate CONFIG.yaml [--dry-run | --detach] [--verbose]`: run a generation job with a live progress line.
+
+A run's engine, Ray and worker logs go to `<out>/logs/generate-<time>.log`
+(`--verbose` or POTSTILL_LOG_LEVEL shows them on the terminal too; see
+`potstill/cli/session.py`).
 
 The summary ends with the run's cost (from `<out>/report.json`); `--dry-run`
 prints what the run would produce, take and cost, and writes nothing;
@@ -12,8 +16,8 @@ from typing import Any, Optional
 
 import typer
 
-from potstill.cli.common import console, fail, print_json, reserve_stdout_for_json
-from potstill.schemas.results import GenerationStatus, GenerationSummary
+from potstill.cli.common import VerboseOption, console, fail, print_json, reserve_stdout_for_json
+from potstill.schemas.results import GenerationSummary
 
 
 def _usd(value: float | None) -> str:
@@ -82,13 +86,14 @@ def generate(
     dry_run_: bool = typer.Option(False, "--dry-run", help="Estimate prompts, output tokens, replicas, time and $ without running (nothing is written)."),
     sample: int = typer.Option(16, "--sample", min=0, help="--dry-run: prompts run through the teacher to measure lengths and acceptance (0 with --output-tokens: none)."),
     output_tokens: Optional[int] = typer.Option(None, "--output-tokens", min=1, help="--dry-run: assume this many completion tokens per sample instead of sampling the teacher."),
+    verbose: bool = VerboseOption,
 ) -> None:
     """Generate verified reasoning traces from a teacher into committed Parquet shards."""
-    if json_out:
-        reserve_stdout_for_json()
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    from potstill.pipelines.jobs.run_generation import run_generation, start_generation
+    if json_out and (dry_run_ or detach):
+        reserve_stdout_for_json()  # a run's command session does this itself
+    from potstill.cli.session import command_session
+    from potstill.cli.views import generation_view
+    from potstill.pipelines.jobs.run_generation import output_uri, run_generation, start_generation
     from potstill.pipelines.observe.redact import install_redaction
     from potstill.schemas import ConfigError, GenerationConfig, load_config
 
@@ -113,33 +118,19 @@ def generate(
                       f"scale it:   potstill scale {status.run_id} --replicas N --address {address or '$RAY_ADDRESS'}",
                       highlight=False)
         return
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("prompts"),
-               TextColumn("· replicas {task.fields[replicas]} · traces {task.fields[traces]} · accepted "
-                          "{task.fields[acc]} · {task.fields[tps]} tok/s{task.fields[usd]}"),
-               TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=False, disable=json_out) as bar:
-        task = bar.add_task("planning", total=None, traces=0, acc="-", tps=0, replicas="-", usd="")
-
-        def on_progress(p: GenerationStatus) -> None:
-            t = p.totals
-            judged = t.verified + t.rejected
-            ready = sum(r.state == "ready" for r in p.replicas)
-            pending = len(p.pending)
-            bar.update(task, description=p.phase, total=p.prompts_total or None, completed=p.prompts_done,
-                       traces=t.traces, acc=f"{t.verified / judged:.0%}" if judged else "-",
-                       tps=f"{p.tokens_per_s:,.0f}",
-                       replicas=f"{ready}/{p.target_replicas}" + (f" ({pending} pending)" if pending else ""),
-                       usd=f" · {_usd(p.spent_usd)}" if p.spent_usd else "")
-
-        try:
-            summary = run_generation(cfg, address=address, on_progress=on_progress)
-        except Exception as exc:  # noqa: BLE001 - shown as one clear line; committed shards stay committed
-            fail(f"{_error_line(exc)}\nCommitted shards are kept; re-run the same command to resume.", 1)
-    if json_out:
-        print_json(summary.model_dump(mode="json"))
-        return
-    for line in _summary_lines(summary):
-        console.print(line, highlight=False)
+    with command_session("generate", output_uri(cfg), json_out=json_out, verbose=verbose,
+                         storage=cfg.output.storage, config=cfg.model_dump()) as session:
+        with session.phase("planning", "prompts", "generated") as phase:
+            try:
+                summary = run_generation(cfg, address=address, on_progress=generation_view(phase))
+            except Exception as exc:  # noqa: BLE001 - shown as one clear line; committed shards stay committed
+                fail(f"{_error_line(exc)}\nCommitted shards are kept; re-run the same command to resume "
+                     f"(the log: {session.log_path}).", 1)
+        if json_out:
+            print_json(summary.model_dump(mode="json"))
+            return
+        for line in _summary_lines(summary):
+            session.print(line)
 
 
 def _error_line(exc: BaseException) -> str:

@@ -1,4 +1,4 @@
-"""`potstill train CONFIG.yaml`: distill a student from committed traces with Ray Train (live progress bar), then
+"""`potstill train CONFIG.yaml [--verbose]`: distill a student from committed traces with Ray Train (live progress line), then
 score it on held-out prompts when the config has `eval.prompts` (`potstill.pipelines.jobs.evaluate.evaluate_student`)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 import typer
 
-from potstill.cli.common import console, fail, print_json, reserve_stdout_for_json
+from potstill.cli.common import VerboseOption, console, fail, print_json
 
 
 def summary_lines(s: dict[str, Any]) -> list[str]:
@@ -46,37 +46,6 @@ def _score(cfg: Any, student: str) -> dict[str, Any]:
              f"score it with `{again}`.", 1)
 
 
-class TrainBar:
-    """A rich progress bar fed by `run_training`'s progress snapshots."""
-
-    def __init__(self, disable: bool):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-        self.progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
-            TextColumn("· loss {task.fields[loss]} · {task.fields[tps]} tok/s · epoch {task.fields[epoch]}"),
-            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-            console=console, disable=disable,
-        )
-        self.task = self.progress.add_task("starting", total=None, loss="-", tps="-", epoch="-")
-
-    def __enter__(self) -> "TrainBar":
-        self.progress.__enter__()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.progress.__exit__(*exc)
-
-    def __call__(self, p: dict[str, Any]) -> None:
-        loss = p.get("loss")
-        tps = p.get("tokens_per_s")
-        self.progress.update(
-            self.task, description=p.get("phase", ""), total=p.get("total_steps"), completed=p.get("step", 0),
-            loss=f"{loss:.4f}" if isinstance(loss, (int, float)) else "-",
-            tps=f"{tps:,.0f}" if isinstance(tps, (int, float)) else "-", epoch=p.get("epoch", "-"),
-        )
-
-
 def train(
     config: Path = typer.Argument(..., help="Training config YAML (see examples/distill_arithmetic.yaml)."),
     run: Optional[list[str]] = typer.Option(None, "--run", help="Generation run root to train on (repeatable); overrides data.runs."),
@@ -85,10 +54,11 @@ def train(
     follow: bool = typer.Option(False, "--follow", help="Train on a live run as its shards commit (data.follow)."),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray)."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
+    verbose: bool = VerboseOption,
 ) -> None:
     """Distill a student from committed traces with Ray Train; re-running the same name resumes."""
-    if json_out:
-        reserve_stdout_for_json()
+    from potstill.cli.session import command_session
+    from potstill.cli.views import training_view
     from potstill.pipelines.jobs.run_training import run_training
     from potstill.pipelines.observe.redact import install_redaction
     from potstill.schemas import ConfigError, load_config
@@ -101,18 +71,22 @@ def train(
     except ConfigError as exc:
         fail(str(exc))
     install_redaction(cfg.model_dump())  # log records and error lines of this driver carry no config secret
-    with TrainBar(disable=json_out) as bar:
-        try:
-            summary = run_training(cfg, address=address, on_progress=bar)
-        except ValueError as exc:  # configuration and data problems: one clear line each
-            fail(str(exc))
-        except Exception as exc:  # noqa: BLE001 - Ray Train wraps worker errors; show the cause, keep checkpoints
-            cause = getattr(exc, "cause", None) or exc
-            fail(f"{type(cause).__name__}: {cause}\nCheckpoints are kept; re-run the same command to resume.", 1)
-    if cfg.eval.prompts is not None:
-        summary["eval"] = _score(cfg, summary["student"])
-    if json_out:
-        print_json(summary)
-        return
-    for line in summary_lines(summary):
-        console.print(line, highlight=False)
+    with command_session("train", cfg.checkpoint.storage_path, json_out=json_out, verbose=verbose,
+                         storage=cfg.data.storage, config=cfg.model_dump()) as session:
+        with session.phase("starting", "steps", "trained") as phase:
+            try:
+                summary = run_training(cfg, address=address, on_progress=training_view(phase))
+            except ValueError as exc:  # configuration and data problems: one clear line each
+                fail(str(exc))
+            except Exception as exc:  # noqa: BLE001 - Ray Train wraps worker errors; show the cause, keep checkpoints
+                cause = getattr(exc, "cause", None) or exc
+                fail(f"{type(cause).__name__}: {cause}\nCheckpoints are kept; re-run the same command to resume "
+                     f"(the log: {session.log_path}).", 1)
+        if cfg.eval.prompts is not None:
+            with session.phase("scoring the student", "prompts", "scored"):
+                summary["eval"] = _score(cfg, summary["student"])
+        if json_out:
+            print_json(summary)
+            return
+        for line in summary_lines(summary):
+            session.print(line)
