@@ -191,4 +191,17 @@ class IsolatedChecker:
 @lru_cache(maxsize=None)
 def shared_checker(timeout_s: float) -> IsolatedChecker:
     """This process's verifier pool for `timeout_s` (created on first use, started on first check)."""
-    return IsolatedChecker(timeout_s)
+    checker = IsolatedChecker(timeout_s)
+    _shared.append(checker)
+    return checker
+
+
+_shared: list[IsolatedChecker] = []
+
+
+def close_shared_checkers() -> None:
+    """Stop the worker processes of every shared pool of this process now (the end of a CLI command, which then
+    waits for its child processes); a later check starts a fresh pool."""
+    shared_checker.cache_clear()
+    while _shared:
+        _shared.pop().close()

@@ -25,7 +25,8 @@ path printed once (for an s3:// output the file is local, under
   redacting handler at POTSTILL_LOG_LEVEL (pipelines/observe/logs.py); `config`
   (a config's `model_dump()`) adds its secret values to what is redacted.
 
-On exit the live phase is closed and the Ray this process started is shut down
+On exit the live phase is closed, the verifier processes of a scoring are
+stopped, and the Ray this process started is shut down
 (`cluster.connect.shutdown_ray`: the jobs have already retired their engines,
 replicas and trainers) while the output still goes to the log, so a command
 returns with no process of its own left behind. Ctrl-C exits with 130 and says
@@ -121,6 +122,7 @@ class CommandSession:
             self.router.file.write(redact("".join(traceback.format_exception(exc_type, exc, tb))))
         try:
             children = _descendants()
+            _close_verifiers()
             _shutdown_ray()
             self._reap(children)
         finally:
@@ -276,6 +278,13 @@ def _describe(proc: Any) -> str:
         return f"{' '.join(proc.cmdline())[:80] or proc.name()} (pid {proc.pid})"
     except psutil.Error:
         return f"pid {proc.pid}"
+
+
+def _close_verifiers() -> None:
+    if "potstill.pipelines.verify.isolated" in sys.modules:  # the verifier processes a scoring started
+        from potstill.pipelines.verify.isolated import close_shared_checkers
+
+        close_shared_checkers()
 
 
 def _shutdown_ray() -> None:

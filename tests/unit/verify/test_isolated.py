@@ -12,7 +12,7 @@ from potstill.pipelines.engines.scripted import ScriptedEngine
 from potstill.pipelines.generate.plan import WorkUnit
 from potstill.pipelines.generate.unit_runner import UnitRunner
 from potstill.pipelines.verify import build_judge, verify
-from potstill.pipelines.verify.isolated import IsolatedChecker
+from potstill.pipelines.verify.isolated import IsolatedChecker, close_shared_checkers, shared_checker
 from potstill.schemas.generation import SamplingConfig, VerifyConfig
 from potstill.schemas.prompt import Message, PromptRecord
 
@@ -73,3 +73,15 @@ def test_the_worker_is_replaced_after_a_timeout_and_later_verdicts_are_right():
 def test_public_verify_is_bounded_too():
     assert verify(f"the answer is {TOWER}", "1") is False
     assert verify("the answer is \\boxed{4}", "4") is True
+
+
+def test_closing_the_shared_pools_stops_their_processes_and_the_next_check_starts_a_fresh_one():
+    # What a CLI command does at its end, so that it does not wait on its verifier processes to exit.
+    checker = shared_checker(7.5)
+    assert checker.check("math", "4", "4") is True
+    process = checker._workers[0].process
+    close_shared_checkers()
+    assert process.poll() is not None
+    again = shared_checker(7.5)
+    assert again is not checker and again.check("math", "5", "4") is False
+    close_shared_checkers()
