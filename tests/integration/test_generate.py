@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -93,10 +94,11 @@ def test_verified_fraction_tracks_the_teachers_accuracy(clean_run):
     assert abs(verified - teacher["accuracy"]) <= 0.05, (verified, teacher["accuracy"])
 
 
-def _generate_cli(config: Path, out: Path, run_id: str) -> subprocess.Popen:
+def _generate_cli(config: Path, out: Path, run_id: str, *extra: str) -> subprocess.Popen:
     env = dict(os.environ, RAY_ADDRESS="")
+    env.pop("POTSTILL_LOG_LEVEL", None)  # --verbose alone must show the engine logs
     return subprocess.Popen([sys.executable, "-m", "potstill.cli", "generate", str(config), "--out", str(out),
-                             "--run-id", run_id, "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             "--run-id", run_id, "--json", *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env=env, cwd=REPO, start_new_session=True)
 
 
@@ -129,9 +131,12 @@ def test_resume_after_the_driver_is_killed(tmp_path, clean_run):
     assert len(before) == 2, f"expected shards 0 and 1 committed at the kill, found {sorted(before)}"
     assert not (out / "_SUCCESS").exists()
 
-    rerun = _generate_cli(config, out, "resume")
+    rerun = _generate_cli(config, out, "resume", "--verbose")
     stdout, stderr = rerun.communicate(timeout=600)
     assert rerun.returncode == 0, stderr.decode()[-3000:]
+    # --verbose: the engine's logs reach the terminal too (by default they only go to <out>/logs/).
+    assert re.search(rb"vllm\S* (INFO|WARNING) |(INFO|WARNING) \d\d-\d\d [\d:.]+ \[[\w.]+:\d+\]", stderr), \
+        stderr.decode()[-3000:]
     summary = last_json_line(stdout)
     assert summary["shards_skipped"] == len(before)
     # One engine request per prompt of the shards that were not committed, none for the committed ones.

@@ -9,6 +9,7 @@ import shlex
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,24 @@ def test_readme_first_screen_has_exactly_two_commands_and_ci_runs_the_test_one()
     assert tests in ci, ".ci/run must run exactly the README's test command"
 
 
+# A log line of vLLM, Ray or Python's logging: a level word, Ray's "(Actor pid=..)" prefix, a "file.py:12" source.
+_LIBRARY_LINE = re.compile(r"\b(DEBUG|INFO|WARNING|ERROR|CRITICAL)\b|\(\w*\s?pid=\d+|\braylet\b|\w\.py:\d+")
+
+
+def _processes_marked(mark: str) -> list[str]:
+    """Processes still running whose environment carries `mark` (zombies, already dead, are not counted)."""
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["pid", "name"]):
+        try:
+            if proc.environ().get("POTSTILL_TEST_PROCESS_MARK") == mark and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(f"{proc.info['name']} (pid {proc.pid}): {' '.join(proc.cmdline())[:120]}")
+        except (psutil.Error, OSError):
+            continue
+    return found
+
+
 def _user_env() -> dict[str, str]:
     """The environment a new user runs the command in: no Ray address, none of the test suite's vLLM settings
     (conftest.py sizes vLLM's CPU KV cache through VLLM_CPU_KVCACHE_SPACE; the demo must not need it)."""
@@ -43,10 +62,23 @@ def test_readme_main_command_runs_the_whole_loop(tmp_path):
     job = shlex.split(main.split("&&", 1)[1])
     assert job == [".venv/bin/potstill", "demo"]
     cli = [sys.executable, "-m", "potstill.cli", *job[1:], "--out", str(tmp_path / "out"), "--json"]
+    mark = f"demo-{uuid.uuid4().hex}"  # every process the command starts inherits it (Ray's and vLLM's included)
     started = time.time()
     out = subprocess.run(cli, cwd=REPO, capture_output=True, text=True, timeout=1200,
-                         env=_user_env())
+                         env=_user_env() | {"POTSTILL_TEST_PROCESS_MARK": mark})
     assert out.returncode == 0, out.stderr[-3000:]
+    assert not _processes_marked(mark), "the demo left processes behind"
+    # The terminal: potstill's own lines only (stage lines, one line per phase, the log file's path), no vLLM or
+    # Ray log line, no traceback, one screen.
+    terminal = out.stderr.splitlines()
+    print("\n".join(terminal))
+    noise = [line for line in terminal if _LIBRARY_LINE.search(line)]
+    assert not noise and "Traceback" not in out.stderr, noise
+    assert 0 < len(terminal) <= 20, terminal
+    # The log file in the output folder holds what the terminal did not show: the engines' logs among it.
+    logs = list((tmp_path / "out" / "logs").glob("demo-*.log"))
+    assert len(logs) == 1 and f"log: {logs[0]}" in terminal[0], (logs, terminal[:1])
+    assert re.search(r"vllm\S* (INFO|WARNING) ", logs[0].read_text()), "no vLLM log line in the demo's log file"
     summary = last_json_line(out.stdout)
     assert json.loads(out.stdout) == summary  # --json: stdout is the summary alone (logs go to stderr)
     print(f"demo took {time.time() - started:.0f} s: {summary}")
