@@ -166,7 +166,7 @@ class CommandSession:
 
     def _on_line(self, line: str) -> None:
         if self.verbose:
-            self.console.print(Text(line, style="dim"), highlight=False)
+            self.console.print(Text(line, style="dim"), highlight=False, soft_wrap=True)  # a log line stays one line
             return
         message = potstill_warning(line)
         if message:

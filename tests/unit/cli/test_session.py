@@ -55,8 +55,8 @@ _COMMAND = textwrap.dedent("""
 """)
 
 
-def _run(tmp_path: Path, mode: str, verbose: str = "quiet") -> tuple[subprocess.CompletedProcess, Path]:
-    env = {**os.environ, "SOME_API_KEY": "canary-0123456789", "COLUMNS": "200"}
+def _run(tmp_path: Path, mode: str, verbose: str = "quiet", columns: int = 200) -> tuple[subprocess.CompletedProcess, Path]:
+    env = {**os.environ, "SOME_API_KEY": "canary-0123456789", "COLUMNS": str(columns)}
     env.pop("POTSTILL_LOG_LEVEL", None)
     out = tmp_path / mode / verbose
     proc = subprocess.run([sys.executable, "-c", _COMMAND, str(out), mode, verbose], capture_output=True, text=True,
@@ -98,7 +98,7 @@ def test_the_terminal_shows_potstill_only_and_the_log_file_holds_the_rest(tmp_pa
 
 
 def test_verbose_shows_the_logs_on_the_terminal_too(tmp_path):
-    proc, log = _run(tmp_path, "text", "verbose")
+    proc, log = _run(tmp_path, "text", "verbose", columns=40)  # each log line whole, however narrow the terminal
     for line in ("C-level stdout line", "engine subprocess says hi", "engine core started with key ***",
                  "Progress bars disabled", "potstill.pipelines.generate.controller WARNING replica-2 engine died"):
         assert line in proc.stderr + proc.stdout, line
