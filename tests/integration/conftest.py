@@ -39,3 +39,12 @@ def vllm_server_booting(tmp_path_factory):
 def vllm_server(vllm_server_booting):
     """The module's `vllm serve` of the shipped teacher, ready (a module's API-teacher tests share it)."""
     return vllm_server_booting.wait_ready()
+
+
+@pytest.fixture(scope="session")
+def teacher_greedy() -> dict:
+    """The shipped teacher's greedy run on 200 fresh problems (seed 1234) in the real vLLM engine: test_teacher's
+    accuracy checks and test_generate's verified-fraction check share this one engine start."""
+    from potstill.pipelines.jobs.teacher_demo import run_teacher_demo
+
+    return run_teacher_demo(n=200, seed=1234)

@@ -14,10 +14,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def demo() -> dict[str, Any]:
-    from potstill.pipelines.jobs.teacher_demo import run_teacher_demo
-
-    return run_teacher_demo(n=200, seed=7)
+def demo(teacher_greedy) -> dict[str, Any]:
+    return teacher_greedy  # tests/integration/conftest.py: 200 fresh problems, greedy, in vLLM
 
 
 def test_vllm_greedy_accuracy_on_fresh_held_out_problems(demo: dict[str, Any]) -> None:
