@@ -10,6 +10,7 @@ environment; the two tests share those runs.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import string
 import subprocess
@@ -95,7 +96,7 @@ def verbose_runs(s3_server, s3_writes_landed, tmp_path_factory):
     store = Storage(uri, storage)
     before = {rel: store.read_bytes(rel) for rel in store.list("commits")}
 
-    rerun = _cli(args, tmp / "rerun.log", env)
+    rerun = _cli([*args, "--verbose"], tmp / "rerun.log", env)  # the engine logs on its terminal too
     assert rerun.wait(timeout=400) == 0, (tmp / "rerun.log").read_text()[-3000:]
     inspect = _cli(["inspect", uri, "--endpoint-url", s3_server, "--json"], tmp / "inspect.log", env)
     assert inspect.wait(timeout=120) == 0, (tmp / "inspect.log").read_text()[-3000:]
@@ -114,6 +115,8 @@ def test_driver_killed_mid_run_and_rerun_with_the_same_run_id_resumes(verbose_ru
     assert 1 <= len(before) < SHARDS, f"expected a partial run at the kill, found {len(before)} commits"
     summary = last_json_line(verbose_runs["logs"]["rerun"])
     assert summary["shards_skipped"] == len(before)
+    # --verbose (and POTSTILL_LOG_LEVEL): the replicas' vLLM logs, in potstill's format, reach the terminal.
+    assert re.search(rb"vllm\S* (DEBUG|INFO|WARNING) ", verbose_runs["logs"]["rerun"]), "no engine log on the terminal"
     assert summary["engine_requests"] == PER_SHARD * (SHARDS - len(before))  # only the missing shards ran
     store = Storage(uri, storage)
     assert {rel: store.read_bytes(rel) for rel in before} == before, "a committed shard was rewritten"
