@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 import uuid
 
 import pytest
@@ -46,13 +47,20 @@ def _serialize_moto_writes(mp: pytest.MonkeyPatch) -> threading.RLock:
 
         def locked(self, *args, __original=original, **kwargs):
             with lock:
-                return __original(self, *args, **kwargs)
+                try:
+                    return __original(self, *args, **kwargs)
+                finally:
+                    _LAST_WRITE[0] = time.monotonic()
 
         mp.setattr(S3Response, name, locked)
     return lock
 
 
 _MOTO_WRITES: list[threading.RLock] = []
+_LAST_WRITE = [0.0]  # monotonic time the S3 server last finished an object write
+WRITES_QUIET_S = 3.0
+"""A killed process's last PUT can still sit in the server's socket, not yet in a handler: a write that lands after
+the kill lands within this long of the one before it."""
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -90,12 +98,16 @@ def s3_server(aws_test_env):
 
 @pytest.fixture(scope="session")
 def s3_writes_landed(s3_server):
-    """A function that returns once no object write is in progress on the S3 server: after the processes of a
-    killed run are gone, what the bucket holds then is final."""
+    """A function that returns once no object write is in progress on the S3 server and none finished for
+    WRITES_QUIET_S: after the processes of a killed run are gone, what the bucket holds then is final."""
 
     def landed() -> None:
-        with _MOTO_WRITES[0]:
-            pass
+        while True:
+            with _MOTO_WRITES[0]:
+                quiet = time.monotonic() - _LAST_WRITE[0]
+            if quiet >= WRITES_QUIET_S:
+                return
+            time.sleep(WRITES_QUIET_S - quiet)
 
     return landed
 
