@@ -47,4 +47,5 @@ def teacher_greedy() -> dict:
     accuracy checks and test_generate's verified-fraction check share this one engine start."""
     from potstill.pipelines.jobs.teacher_demo import run_teacher_demo
 
-    return run_teacher_demo(n=200, seed=1234)
+    seed = 1234
+    return {**run_teacher_demo(n=200, seed=seed), "seed": seed}
