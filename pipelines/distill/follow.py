@@ -15,9 +15,9 @@ reads its share of the round (`files[rank::world]`) with `LocalReader`. A
 round starts once at least `world` new shards are committed (or the runs have
 finished); epoch 0 ends when every run has its `_SUCCESS` and all of its
 shards were trained on. Later epochs re-read every shard seen. Which shards
-each round held is kept in `LoopState.data`, so a resume replays the same
-rounds and skips the micro-batches already trained on without re-reading
-finished rounds.
+each round held is kept in `LoopState.data` (a round counts as done once its
+last micro-batch is handed out), so a resume replays the same rounds and skips
+the micro-batches already trained on without re-reading finished rounds.
 """
 
 from __future__ import annotations
@@ -121,13 +121,26 @@ class FollowSource:
                 if not files:
                     return
                 data["round"] = files
-            count = 0
-            for batch in skip_consumed(self._stream(data["round"], len(data["done"])), in_round):
+            # One batch of look-ahead: the round is marked done as its last batch is handed out, so a checkpoint
+            # taken right after the step that trained it (the run's last step, say) already records the round.
+            stream = skip_consumed(self._stream(data["round"], len(data["done"])), in_round)
+            count, batch = 0, next(stream, None)
+            if batch is None:
+                self._finish_round(in_round)
+            while batch is not None:
+                following = next(stream, None)
                 count += 1
+                if following is None:
+                    self._finish_round(in_round + count)
                 yield batch
-            data["done"] = data["done"] + data["round"]
-            data["done_micro"] += in_round + count
-            data["round"], in_round = None, 0
+                batch = following
+            in_round = 0
+
+    def _finish_round(self, micro_batches: int) -> None:
+        data = self.state.data
+        data["done"] = data["done"] + data["round"]
+        data["done_micro"] += micro_batches
+        data["round"] = None
 
     def _next_round(self) -> tuple[list[str], bool]:
         """Rank 0 waits for >= world new shards (or the end of the runs); all ranks get the same answer, also

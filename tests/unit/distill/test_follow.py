@@ -167,6 +167,28 @@ def test_follow_trains_round_by_round_until_success_and_resumes_by_counting(teac
     assert sum(1 for _ in source(1, LoopState())) == total
 
 
+def test_a_round_is_recorded_done_when_its_last_batch_is_handed_out(teacher_dir: Path, tmp_path: Path) -> None:
+    """A checkpoint taken right after the step that trained a round's last batch (a run whose last step is also a
+    periodic checkpoint) records the round as done; before, it recorded it as still in progress, so the run's final
+    checkpoint listed no finished shards."""
+    import torch
+
+    store = Storage(str(tmp_path / "done-at-last"))
+    for shard in range(2):
+        _commit(store, teacher_dir, shard)
+    _finalize(store, teacher_dir, 2)
+    spec = _spec(teacher_dir, store.uri)
+    state = LoopState()
+    source = FollowSource(state, LocalReader(spec, 1), spec, torch.device("cpu"),
+                          CommitWatcher([store.uri], TraceDataConfig(runs=["x"]).storage), poll_s=0.01)
+    as_handed_out = [(list(state.data["done"]), state.data["round"], state.data["done_micro"]) for _ in source(0, state)]
+    total = len(as_handed_out)
+    assert total > 2
+    done, in_progress, done_micro = as_handed_out[-1]
+    assert sorted(Path(f).parent.name for f in done) == SHARDS[:2] and in_progress is None and done_micro == total
+    assert all(d == [] and r is not None for d, r, _ in as_handed_out[:-1])  # one round of both shards until then
+
+
 def _age(store: Storage, seconds: float) -> None:
     """Make every object of a local run look `seconds` old to the store's clock (file mtimes)."""
     import os
