@@ -23,7 +23,7 @@ from typing import Any
 
 from potstill.pipelines.ingest.report import IngestError, RowError
 from potstill.schemas.generation import FieldMapping, PromptsConfig
-from potstill.schemas.prompt import Message, PromptRecord
+from potstill.schemas.prompt import PromptRecord
 
 ROLES = ("system", "user", "assistant")
 
@@ -115,8 +115,7 @@ class RowConverter:
                 return error(self.fields.max_tokens, f"max_tokens must be a positive integer, got {_short(value)}; fix the "
                              "value or unset prompts.fields.max_tokens", "bad_type")
             max_tokens = value
-        return PromptRecord.from_messages([Message(role=m["role"], content=m["content"]) for m in messages],
-                                          source_row=row, reference=reference, metadata=metadata,
+        return PromptRecord.from_messages(messages, source_row=row, reference=reference, metadata=metadata,
                                           max_tokens=max_tokens)
 
     def _messages(self, value: Any) -> list[dict[str, str]] | tuple[str, str]:

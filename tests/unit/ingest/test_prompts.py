@@ -359,3 +359,26 @@ def test_per_prompt_max_tokens_column(tmp_path):
     records = list(iter_prompts(cfg, None, report))
     assert [r.max_tokens for r in records] == [16, 512]
     assert report.errors[0].row == 1 and report.errors[0].field == "max_tokens"
+
+
+def test_prompt_ids_are_the_sha256_of_json_dumps_canonical_form_for_any_text():
+    """A prompt's id names it in every committed run: the direct encoder must give json.dumps' bytes exactly,
+    quotes, backslashes, control characters, non-ASCII and astral characters included."""
+    import hashlib
+    import random
+
+    from potstill.schemas.prompt import Message
+
+    rng = random.Random(7)
+    alphabet = ['"', "\\", "\n", "\t", "\x00", "\x1f", "\x7f", "/", "é", "字", "\u2028", "😀", "a", " ", "{", "}"]
+    for _ in range(500):
+        messages = [{"role": rng.choice(["system", "user", "assistant"]),
+                     "content": "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))}
+                    for _ in range(rng.randint(1, 3))]
+        canonical = json.dumps(messages, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        expected = hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+        assert prompt_id_of(messages) == expected, messages
+        assert prompt_id_of([Message(**m) for m in messages]) == expected
+    # Pinned: the id of a simple prompt never changes between releases.
+    assert prompt_id_of([{"role": "user", "content": "What is 2 + 2?"}]) == hashlib.sha256(
+        b'[{"content":"What is 2 + 2?","role":"user"}]').hexdigest()
