@@ -111,14 +111,32 @@ class ReplicaAccount:
 
 
 class CostLedger:
-    """Every replica of one invocation and what it is charged."""
+    """Every replica of one invocation and what it is charged.
+
+    `spent_usd(now)` runs on every pass of the controller's loop, over pools of up to thousands of replicas, so the
+    ledger keeps its parts as running sums (token costs, ended replicas' time, the live replicas' rate) instead of
+    walking every replica each time; `report` walks them once, at the end.
+    """
 
     def __init__(self, prices: Prices):
         self.prices = prices
         self.replicas: dict[str, ReplicaAccount] = {}
+        self._tokens_usd = 0.0  # every replica's tokens: max(engine totals, credited), priced
+        self._ended_time_usd = 0.0  # replica time of the replicas that have ended
+        self._live_usd_per_s = 0.0  # the live replicas' summed rate ...
+        self._live_started_usd = 0.0  # ... and the sum of rate x creation time, so their time is rate x now - this
+        self._origin: float | None = None  # times count from the first replica's creation (clock times lose digits)
 
     def replica_added(self, name: str, gpus: float, cpus: float, now: float) -> None:
-        self.replicas[name] = ReplicaAccount(name, gpus, cpus, now)
+        previous = self.replicas.get(name)
+        if previous is not None:  # a name reused: the old account's charges leave the sums with it
+            self._tokens_usd -= self._account_tokens_usd(previous)
+            if previous.ended_at is None:
+                self._live_changed(previous, -1)
+            else:
+                self._ended_time_usd -= self._usd_per_s(previous) * previous.lifetime_s(previous.ended_at)
+        self.replicas[name] = account = ReplicaAccount(name, gpus, cpus, now)
+        self._live_changed(account, +1)
 
     def replica_ready(self, name: str, now: float) -> None:
         account = self.replicas.get(name)
@@ -129,29 +147,47 @@ class CostLedger:
         """The replica's running totals of what its engine processed (they only grow)."""
         account = self.replicas.get(name)
         if account is not None:
+            before = self._account_tokens_usd(account)
             account.engine_prompt_tokens = max(account.engine_prompt_tokens, prompt_tokens)
             account.engine_completion_tokens = max(account.engine_completion_tokens, completion_tokens)
+            self._tokens_usd += self._account_tokens_usd(account) - before
 
     def replica_ended(self, name: str, now: float) -> None:
         account = self.replicas.get(name)
         if account is not None and account.ended_at is None:
             account.ended_at = now
+            self._live_changed(account, -1)
+            self._ended_time_usd += self._usd_per_s(account) * account.lifetime_s(now)
 
     def credit(self, name: str, stats: ShardStats) -> None:
         """Samples (a unit's or a sub-unit's result) that replica `name` produced."""
         account = self.replicas.get(name)
         if account is not None:
+            before = self._account_tokens_usd(account)
             account.credited = account.credited + stats
+            self._tokens_usd += self._account_tokens_usd(account) - before
 
     def spent_usd(self, now: float) -> float:
         """Charged so far: replica time up to `now`, and every token known to have been processed."""
-        total = 0.0
-        for a in self.replicas.values():
-            c = a.credited
-            total += self.prices.hourly_usd(a.gpus, a.cpus) * a.lifetime_s(now) / 3600.0
-            total += self.prices.tokens_usd(max(a.engine_prompt_tokens, c.prompt_tokens),
-                                            max(a.engine_completion_tokens, c.completion_tokens))
-        return total
+        if self._origin is None:
+            return self._tokens_usd + self._ended_time_usd
+        live_time_usd = max(0.0, self._live_usd_per_s * (now - self._origin) - self._live_started_usd)
+        return self._tokens_usd + self._ended_time_usd + live_time_usd
+
+    def _usd_per_s(self, account: ReplicaAccount) -> float:
+        return self.prices.hourly_usd(account.gpus, account.cpus) / 3600.0
+
+    def _live_changed(self, account: ReplicaAccount, sign: int) -> None:
+        if self._origin is None:
+            self._origin = account.created_at
+        rate = self._usd_per_s(account)
+        self._live_usd_per_s += sign * rate
+        self._live_started_usd += sign * rate * (account.created_at - self._origin)
+
+    def _account_tokens_usd(self, account: ReplicaAccount) -> float:
+        c = account.credited
+        return self.prices.tokens_usd(max(account.engine_prompt_tokens, c.prompt_tokens),
+                                      max(account.engine_completion_tokens, c.completion_tokens))
 
     def report(self, now: float, *, generation_s: float, elapsed_s: float, prompts_done: int) -> CostReport:
         split, resampling = CostSplit(), 0.0

@@ -80,3 +80,41 @@ def test_prices_come_from_the_config():
         "replicas": {"price": {"usd_per_cpu_hour": 0.05}}})
     assert Prices.of(cfg) == Prices(0.0, 0.05, 0.55, 2.19) and Prices.of(cfg).priced
     assert not Prices.of(GenerationConfig.model_validate({"prompts": {"arithmetic": {}}})).priced
+
+
+def test_spent_so_far_kept_as_running_sums_equals_a_walk_over_every_replica():
+    """`spent_usd` is read on every pass of the controller's loop: it keeps running sums; they must equal charging
+    every replica's time and tokens afresh, at any moment of a run with replicas starting, working and ending."""
+    import random
+
+    rng = random.Random(3)
+    prices = Prices(usd_per_gpu_hour=2.5, usd_per_cpu_hour=0.04, input_usd_per_million=0.3, output_usd_per_million=1.2)
+    ledger = CostLedger(prices)
+
+    def walked(now: float) -> float:
+        total = 0.0
+        for a in ledger.replicas.values():
+            total += prices.hourly_usd(a.gpus, a.cpus) * a.lifetime_s(now) / 3600.0
+            total += prices.tokens_usd(max(a.engine_prompt_tokens, a.credited.prompt_tokens),
+                                       max(a.engine_completion_tokens, a.credited.completion_tokens))
+        return total
+
+    now, live = 1.7e9, []
+    for step in range(2000):
+        now += rng.uniform(0, 5)
+        action = rng.random()
+        if action < 0.1 or not live:
+            name = f"r{step % 50}"  # names come back: a replaced replica's account is replaced too
+            ledger.replica_added(name, gpus=rng.choice([0, 1, 8]), cpus=rng.choice([1, 4]), now=now)
+            live = [n for n in live if n != name] + [name]
+        elif action < 0.15:
+            ended = live.pop(rng.randrange(len(live)))
+            ledger.replica_ended(ended, now)
+        elif action < 0.55:
+            ledger.credit(rng.choice(live), _stats(prompt_tokens=rng.randint(0, 900), completion_tokens=rng.randint(0, 4000)))
+        else:
+            name = rng.choice(live)
+            a = ledger.replicas[name]
+            ledger.engine_usage(name, a.engine_prompt_tokens + rng.randint(0, 2000),
+                                a.engine_completion_tokens + rng.randint(-10, 9000))
+        assert ledger.spent_usd(now) == pytest.approx(walked(now), rel=1e-9, abs=1e-9), step
