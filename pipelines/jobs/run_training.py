@@ -229,7 +229,7 @@ def run_training(
     run_dir = f"{storage_path.rstrip('/')}/{cfg.name}"
     board = ray.remote(TrainProgress).options(num_cpus=0).remote()
     board.post.remote(phase="starting workers", step=0, total_steps=None if total == FOLLOW_UNBOUNDED_STEPS else total,
-                      packed_rows=rows, packing_efficiency=efficiency)
+                      packed_rows=rows, packing_efficiency=efficiency, epochs=cfg.run.epochs)
     resources = {"CPU": cfg.scaling.cpus_per_worker} | ({"GPU": 1} if use_gpu else {})
     trainer = TorchTrainer(
         train_func,

@@ -48,8 +48,9 @@ def training_view(phase: Phase) -> Callable[[dict[str, Any]], None]:
         fields = [f"loss {loss:.4f}" if isinstance(loss, (int, float)) else "loss -"]
         if isinstance(tps, (int, float)):
             fields.append(f"{tps:,.0f} tok/s")
-        if epoch is not None:
-            fields.append(f"epoch {epoch}")
+        if isinstance(epoch, int):  # posted 0-based (the loop's state); shown 1-based, out of the planned epochs
+            epochs = p.get("epochs")
+            fields.append(f"epoch {min(epoch + 1, epochs)}/{epochs}" if isinstance(epochs, int) else f"epoch {epoch + 1}")
         phase.update(done=p.get("step", 0), total=p.get("total_steps") or 0, fields=fields, status=p.get("phase"))
 
     return update
