@@ -236,6 +236,11 @@ def test_train_follows_a_live_run_scaled_1_2_1_from_other_processes_and_reads_ev
                                                    rf"Ray cluster {c.address}.*potstill status story"):
             GenerationController(cfg, str(out)).run(SimulatedPool(cfg, str(out)))
 
+        # Training has trained on the live run before the run can end: its step-5 checkpoint exists (9 of the 10
+        # shards are committed by now, a step or so each). Without this wait a slow training start on a loaded
+        # machine began after _SUCCESS, and the test saw a finished run, not a live one.
+        wait_for(lambda: (tmp_path / "ckpt" / "story" / "checkpoint_000000005").exists(), 600,
+                 "training to checkpoint step 5 of the live run")
         (state / "go").touch()
         summary = finish(attached, tmp_path / "attach.log", 600)
         trained = finish(training, tmp_path / "train.log", 900)
