@@ -31,6 +31,9 @@ def test_readme_first_screen_has_exactly_two_commands_and_ci_runs_the_test_one()
     assert tests in ci, ".ci/run must run exactly the README's test command"
 
 
+LEFTOVER_GRACE_S = 15.0
+"""How long after the demo returns its processes may take to exit on their own."""
+
 # A log line of vLLM, Ray or Python's logging: a level word, Ray's "(Actor pid=..)" prefix, a "file.py:12" source.
 _LIBRARY_LINE = re.compile(r"\b(DEBUG|INFO|WARNING|ERROR|CRITICAL)\b|\(\w*\s?pid=\d+|\braylet\b|\w\.py:\d+")
 
@@ -67,7 +70,12 @@ def test_readme_main_command_runs_the_whole_loop(tmp_path):
     out = subprocess.run(cli, cwd=REPO, capture_output=True, text=True, timeout=1200,
                          env=_user_env() | {"POTSTILL_TEST_PROCESS_MARK": mark})
     assert out.returncode == 0, out.stderr[-3000:]
-    assert not _processes_marked(mark), "the demo left processes behind"
+    # Python's shared-memory resource tracker outlives its parent by design: it reads EOF once the demo has exited,
+    # unlinks what is left and exits. A moment's grace for it; anything that stays is a process left behind.
+    deadline = time.monotonic() + LEFTOVER_GRACE_S
+    while (left := _processes_marked(mark)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not left, f"the demo left processes behind: {left}"
     # The terminal: potstill's own lines only (stage lines, one line per phase, the log file's path), no vLLM or
     # Ray log line, no traceback, one screen.
     terminal = out.stderr.splitlines()
