@@ -26,10 +26,10 @@ def prompt_id_of(messages: list[Message] | list[dict]) -> str:
     Canonical means sorted keys, no whitespace, UTF-8 (ensure_ascii=False), so
     the same conversation always hashes the same whatever file it came from.
     """
-    return hashlib.sha256(canonical_json(messages).encode("utf-8")).hexdigest()
+    return hashlib.sha256(_canonical_json(messages).encode("utf-8")).hexdigest()
 
 
-def canonical_json(messages: list[Message] | list[dict]) -> str:
+def _canonical_json(messages: list[Message] | list[dict]) -> str:
     """`json.dumps([{role, content}, ...], sort_keys=True, separators=(",", ":"), ensure_ascii=False)`, written
     directly with the string encoder json.dumps itself uses: the same text at a fraction of the cost (ingestion
     hashes every prompt of a run on each pass over its source)."""

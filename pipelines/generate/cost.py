@@ -128,13 +128,7 @@ class CostLedger:
         self._origin: float | None = None  # times count from the first replica's creation (clock times lose digits)
 
     def replica_added(self, name: str, gpus: float, cpus: float, now: float) -> None:
-        previous = self.replicas.get(name)
-        if previous is not None:  # a name reused: the old account's charges leave the sums with it
-            self._tokens_usd -= self._account_tokens_usd(previous)
-            if previous.ended_at is None:
-                self._live_changed(previous, -1)
-            else:
-                self._ended_time_usd -= self._usd_per_s(previous) * previous.lifetime_s(previous.ended_at)
+        """A new replica; names are unique within an invocation (the pools number their replicas)."""
         self.replicas[name] = account = ReplicaAccount(name, gpus, cpus, now)
         self._live_changed(account, +1)
 
@@ -169,10 +163,8 @@ class CostLedger:
 
     def spent_usd(self, now: float) -> float:
         """Charged so far: replica time up to `now`, and every token known to have been processed."""
-        if self._origin is None:
-            return self._tokens_usd + self._ended_time_usd
-        live_time_usd = max(0.0, self._live_usd_per_s * (now - self._origin) - self._live_started_usd)
-        return self._tokens_usd + self._ended_time_usd + live_time_usd
+        live_time_usd = 0.0 if self._origin is None else self._live_usd_per_s * (now - self._origin) - self._live_started_usd
+        return self._tokens_usd + self._ended_time_usd + max(0.0, live_time_usd)
 
     def _usd_per_s(self, account: ReplicaAccount) -> float:
         return self.prices.hourly_usd(account.gpus, account.cpus) / 3600.0

