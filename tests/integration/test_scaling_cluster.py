@@ -314,8 +314,11 @@ def test_a_drained_node_loses_no_work_a_new_node_takes_the_pending_replica_and_t
         assert "1 bundle of {CPU: 1}" in pending[0].waiting_for and "NO_RESOURCES" in pending[0].waiting_for
         assert current_request() == [{"CPU": 1.0}] * 3  # the autoscaler is asked for room for all three
         wait_for(lambda: (state / "go.held").exists(), 300, "a request held at the gate")
-
-        victim = next(r for r in status().replicas if r.node_id == a)
+        # Drain a node whose replica holds a unit at the gate: an idle one would leave at once, never seen draining.
+        wait_for(lambda: commits(str(out)) == count // per_shard - len(held), 300, "every shard but the held ones")
+        victim = wait_for(lambda: next((r for r in status().replicas if r.state == "ready" and r.units_in_flight),
+                                       None), 60, "a replica holding a unit at the gate")
+        a = victim.node_id
         drain_node(a, deadline_s=20)  # a spot preemption notice
         wait_for(lambda: any(r.name == victim.name and r.state == "draining" for r in status().replicas), 30,
                  "the replica on the draining node to drain")
@@ -377,6 +380,7 @@ def test_a_frozen_replica_is_replaced_and_its_late_write_loses_the_commit_race(c
     try:
         wait_for(lambda: (state / "go.held").exists() or "error" in outcome, 400, "shard 1 held on the replica")
     except AssertionError:
+        state.mkdir(parents=True, exist_ok=True)
         (state / "go").touch()
         thread.join(120)
         raise
