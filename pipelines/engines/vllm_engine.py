@@ -22,6 +22,7 @@ from typing import Any
 
 from potstill.pipelines.host.cpu_affinity import keep_frontend_off_worker_cores
 from potstill.pipelines.engines.cpu_memory import check_cpu_memory
+from potstill.pipelines.engines.ipc_sockets import use_potstill_ipc_folder
 from potstill.pipelines.engines.protocol import EngineFailure, Generation, Sample
 from potstill.pipelines.models.assets import resolve_model
 from potstill.pipelines.models.chat_encoding import encode_rendered_chats
@@ -131,6 +132,7 @@ class VllmEngine:
         from vllm.v1.engine.async_llm import AsyncLLM
 
         args = self.engine_args()
+        use_potstill_ipc_folder()
         if current_platform.is_cpu():
             check_cpu_memory(args)
         self.load_tokenizer()

@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from potstill.pipelines.engines.ipc_sockets import use_potstill_ipc_folder
 from potstill.schemas.generation import StorageConfig
 
 if TYPE_CHECKING:
@@ -162,6 +163,7 @@ def evaluate(
     if dtype == "auto" and not torch.cuda.is_available():
         dtype = "float32"
     started = time.perf_counter()
+    use_potstill_ipc_folder()
     with local_model(model, storage) as path, _short_shutdown_grace():
         llm = LLM(model=path, dtype=dtype, seed=0, enforce_eager=True, disable_log_stats=True, **small_model_cache_args())
         try:

@@ -1,5 +1,5 @@
 """The real vLLM CPU engine behind `VllmEngine`: longest-first scheduling, the frontend's CPU placement,
-completions decoded once (vLLM's per-token detokenizer off) reading exactly as vLLM's own text, and a
+its IPC sockets in potstill's folder, completions decoded once (vLLM's per-token detokenizer off) reading exactly as vLLM's own text, and a
 memory claim that cannot fit refused with the field to change.
 
 The engine runs in a fresh interpreter: it pins its own process's threads,
@@ -30,6 +30,10 @@ SCRIPT = textwrap.dedent("""
         ids = engine.encode_chats([[{"role": "user", "content": "What is 12 + 30?"}]] * 3)
         gens = await asyncio.gather(*(engine.generate(x, 1, f"r{i}", max_tokens=m) for i, (x, m) in enumerate(zip(ids, (8, 64, 32)))))
         workers = [p for p in descendants(os.getpid()) if process_name(p).startswith("VLLM::Worker")]
+        from potstill.pipelines.engines.ipc_sockets import is_listening, potstill_ipc_folder
+        ipc = os.environ["VLLM_RPC_BASE_PATH"]
+        import stat
+        listening = sum(is_listening(e.path) for e in os.scandir(ipc) if stat.S_ISSOCK(e.stat().st_mode))
         from vllm.inputs import tokens_input
         detokenized = engine._params_for(1, 64).clone()
         detokenized.detokenize = True
@@ -38,7 +42,8 @@ SCRIPT = textwrap.dedent("""
         out = {"lengths": [len(g.samples[0].token_ids) for g in gens], "texts": [g.samples[0].text for g in gens],
                "self": sorted(os.sched_getaffinity(0)), "worker": sorted(os.sched_getaffinity(workers[0])),
                "policy": engine._llm.vllm_config.scheduler_config.policy,
-               "vllm_detokenizes": engine._params.detokenize, "vllm_text": final.outputs[0].text}
+               "vllm_detokenizes": engine._params.detokenize, "vllm_text": final.outputs[0].text,
+               "ipc_folder": ipc, "potstill_ipc_folder": str(potstill_ipc_folder()), "ipc_listening": listening}
         await engine.shutdown()
         print("RESULT " + json.dumps(out), flush=True)
 
@@ -57,6 +62,8 @@ def test_longest_first_every_budget_frontend_off_the_workers_cores_and_text_as_v
     assert long_.startswith(mid) and mid.startswith(short)
     assert result["lengths"][0] <= 8 and result["lengths"][2] <= 32
     assert not result["vllm_detokenizes"] and long_ and result["vllm_text"] == long_
+    # vLLM's IPC sockets are bound in potstill's folder (swept of dead engines' files), not in the root of /tmp.
+    assert result["ipc_folder"] == result["potstill_ipc_folder"] and result["ipc_listening"] >= 1
     allowed = os.sched_getaffinity(0)
     if len(allowed) >= 2:
         assert not set(result["self"]) & set(result["worker"]), result
