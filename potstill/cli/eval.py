@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Optional
 
 import typer
+from rich.markup import escape
 
-from potstill.cli.common import EndpointOption, console, fail, print_json, reserve_stdout_for_json, storage_from
+from potstill.cli.common import EndpointOption, VerboseOption, fail, reserve_stdout_for_json, storage_from
 
 
 def eval_model(
@@ -19,10 +20,12 @@ def eval_model(
     seed: int = typer.Option(7, "--seed", help="Seed of arithmetic:N problems."),
     endpoint_url: Optional[str] = EndpointOption,
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object (accuracy, n, correct, sample, ...)."),
+    verbose: bool = VerboseOption,
 ) -> None:
     """Generate with MODEL in vLLM on held-out PROMPTS, verify each answer, print the accuracy."""
     if json_out:
         reserve_stdout_for_json()
+    from potstill.cli.scoring import run_scoring
     from potstill.pipelines.jobs.evaluate import evaluate, load_eval_prompts
 
     if method not in ("math", "exact"):
@@ -31,17 +34,13 @@ def eval_model(
         items = load_eval_prompts(prompts, prompt_field, reference_field, storage_from(endpoint_url), seed=seed)
     except (ValueError, FileNotFoundError) as exc:
         fail(str(exc))
-    console.print(f"evaluating {model} on {len(items)} prompts from {prompts} ...", highlight=False)
-    try:
-        result = evaluate(model, items, method=method, max_tokens=max_tokens)
-    except (ValueError, OSError) as exc:
-        fail(f"{model}: {exc}")
-    if json_out:
-        print_json(result)
-        return
-    s = result["sample"]
-    console.print(f"[bold]prompt[/]: {s['prompt']}", highlight=False)
-    console.print(f"[bold]model[/]:\n{s['completion']}", highlight=False)
-    console.print(f"accuracy {result['accuracy']:.3f} ({result['correct']}/{result['n']}, {method} verifier) · "
-                  f"{result['finished']}/{result['n']} finished · {result['output_tokens_per_s'] or 0:,.0f} output tokens/s · "
-                  f"{result['elapsed_s']:.0f} s · model {model}", highlight=False)
+
+    def result_lines(result: dict) -> list[str]:
+        s = result["sample"]
+        return [f"[bold]prompt[/]: {escape(s['prompt'])}", f"[bold]model[/]:\n{escape(s['completion'])}",
+                f"accuracy {result['accuracy']:.3f} ({result['correct']}/{result['n']}, {method} verifier) · "
+                f"{result['finished']}/{result['n']} finished · {result['output_tokens_per_s'] or 0:,.0f} output "
+                f"tokens/s · {result['elapsed_s']:.0f} s · model {model} · {len(items)} prompts from {prompts}"]
+
+    run_scoring("eval", len(items), lambda: evaluate(model, items, method=method, max_tokens=max_tokens),
+                result_lines, what=model, json_out=json_out, verbose=verbose)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -123,6 +124,7 @@ def test_the_installed_wheel_runs_the_teacher_demo_outside_the_checkout(wheel: P
     work.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
+    env["XDG_CACHE_HOME"] = str(tmp_path / "cache")  # where a command without an output folder keeps its log
 
     where = subprocess.run(
         [str(bin_dir / "python"), "-c", "import potstill.cli, potstill.pipelines.jobs.teacher_demo as t, "
@@ -142,3 +144,7 @@ def test_the_installed_wheel_runs_the_teacher_demo_outside_the_checkout(wheel: P
     result = json.loads(demo.stdout)
     assert result["n"] == 20 and result["model"] == "potstill:arithmetic-teacher"
     assert result["correct"] >= 15, result  # the shipped teacher answers most fresh problems
+    # vLLM's start-up went to the command's log file; the terminal shows its path and potstill's own lines only.
+    log = Path(re.search(r"log: (\S+\.log)", demo.stderr).group(1))
+    assert log.is_relative_to(tmp_path / "cache") and "vllm" in log.read_text()
+    assert not re.search(r"\b(DEBUG|INFO|WARNING)\b", demo.stderr), demo.stderr[-3000:]

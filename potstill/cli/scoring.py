@@ -1,0 +1,40 @@
+"""The terminal of a scoring command (`potstill eval`, `potstill teacher demo`): one session, one live line.
+
+    run_scoring("eval", len(items), lambda: evaluate(model, items), result_lines, what=model,
+                json_out=json_out, verbose=verbose)
+
+vLLM's engine start-up and its own progress bar go to the command's log file
+(`~/.cache/potstill/logs/<command>-<time>.log`, its path printed first), as
+for `generate` and `train`; the terminal shows a live line while the model
+scores, then the result lines (or, with `--json`, stdout holds the one object).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from potstill.cli.common import fail, print_json
+
+
+def run_scoring(command: str, prompts: int, score: Callable[[], dict[str, Any]],
+                result_lines: Callable[[dict[str, Any]], list[str]], *, what: str, json_out: bool,
+                verbose: bool) -> None:
+    """Run `score` inside a command session and show its result; bad input (ValueError, OSError) is one line
+    naming `what`."""
+    from potstill.cli.session import command_session
+
+    with command_session(command, None, json_out=json_out, verbose=verbose) as session:
+        phase = session.next_phase("starting vLLM", "prompts", "scored", total=prompts)
+        try:
+            result = score()
+        except (ValueError, OSError) as exc:
+            fail(f"{what}: {exc}")
+        phase.update(done=result["n"], fields=[f"accuracy {result['accuracy']:.1%}",
+                                               f"{result['output_tokens_per_s'] or 0:,.0f} tok/s"])
+        session.end_phase()
+        if json_out:
+            print_json(result)
+            return
+        for line in result_lines(result):
+            session.print(line)
