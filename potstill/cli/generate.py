@@ -103,7 +103,7 @@ def generate(
         fail(str(exc))
     install_redaction(cfg.model_dump())  # log records and error lines of this driver carry no config secret
     if dry_run_:
-        _dry_run(cfg, sample, output_tokens, json_out)
+        _dry_run(cfg, sample, output_tokens, json_out, verbose)
         return
     if detach:
         try:
@@ -158,19 +158,26 @@ def estimate_lines(e: dict[str, Any]) -> list[str]:
     return lines + [f"note: {n}" for n in e["notes"]]
 
 
-def _dry_run(cfg: Any, sample: int, output_tokens: int | None, json_out: bool) -> None:
+def _dry_run(cfg: Any, sample: int, output_tokens: int | None, json_out: bool, verbose: bool) -> None:
+    """The estimate, in a command session whose log stays in ~/.cache/potstill/logs: a dry run writes nothing to
+    the output, and the teacher it samples (a vLLM engine in this process) logs there, not on the terminal."""
+    from potstill.cli.session import command_session
     from potstill.pipelines.jobs.dry_run import dry_run
     from potstill.pipelines.jobs.run_generation import output_uri
 
-    try:
-        with console.status("dry run", spinner="dots") as status:
+    with command_session("generate-dry-run", None, json_out=json_out, verbose=verbose, storage=cfg.output.storage,
+                         config=cfg.model_dump()) as session:
+        phase = session.next_phase("dry run", "prompts", "estimated", total=sample or None)
+        try:
             estimate = dry_run(cfg, output_uri(cfg), sample_prompts=sample, output_tokens=output_tokens,
-                               on_status=lambda msg: status.update(f"dry run: {msg}") if not json_out else None)
-    except Exception as exc:  # noqa: BLE001 - one clear line; a dry run writes nothing
-        fail(_error_line(exc), 1)
-    result = estimate.model_dump(mode="json")
-    if json_out:
-        print_json(result)
-        return
-    for line in estimate_lines(result):
-        console.print(line, highlight=False)
+                               on_status=lambda msg: phase.update(status=f"dry run: {msg}"))
+        except Exception as exc:  # noqa: BLE001 - one clear line; a dry run writes nothing
+            fail(_error_line(exc), 1)
+        phase.update(done=estimate.sampled_prompts)
+        session.end_phase()
+        result = estimate.model_dump(mode="json")
+        if json_out:
+            print_json(result)
+            return
+        for line in estimate_lines(result):
+            session.print(line)

@@ -42,3 +42,29 @@ def test_the_estimate_reads_as_prompts_tokens_time_and_dollars():
     assert "prompts 600 valid (2 invalid, 1 duplicates) in 3 shards" in text
     assert "estimated output 60,000 tokens" in text and "time 10.0 min (bound: requests_per_minute)" in text
     assert "estimated cost $0.6000" in text and "budget $1.0000: fits" in text
+
+
+def test_a_dry_run_writes_nothing_and_keeps_its_log_out_of_the_output(tmp_path):
+    import os
+    import re
+    import subprocess
+    import sys
+
+    import yaml
+
+    out = tmp_path / "never-written"
+    config = tmp_path / "gen.yaml"
+    config.write_text(yaml.safe_dump({
+        "run_id": "dry", "prompts": {"arithmetic": {"count": 40}}, "output": {"uri": str(out), "prompts_per_shard": 10},
+        "teacher": {"engine": "openai", "model": "m", "api": {"base_url": "http://127.0.0.1:9/v1",
+                                                              "requests_per_minute": 60,
+                                                              "price": {"output_usd_per_million": 10}}}}))
+    env = {k: v for k, v in os.environ.items() if k != "POTSTILL_LOG_LEVEL"} | {"XDG_CACHE_HOME": str(tmp_path / "cache")}
+    proc = subprocess.run([sys.executable, "-m", "potstill.cli", "generate", str(config), "--dry-run", "--sample", "0",
+                           "--output-tokens", "100"], capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr
+    terminal = proc.stdout + proc.stderr
+    assert "dry run of dry: nothing was written" in terminal and "prompts 40 valid" in terminal
+    log = re.search(r"log: (\S+\.log)", terminal).group(1)
+    assert log.startswith(str(tmp_path / "cache" / "potstill" / "logs")) and os.path.isfile(log)
+    assert not out.exists()
