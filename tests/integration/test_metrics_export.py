@@ -107,6 +107,9 @@ def test_a_ray_heads_metrics_endpoint_exposes_the_potstill_metrics_after_a_run(v
             "base_url": vllm_server.base_url, "price": {"input_usd_per_million": 0.55, "output_usd_per_million": 2.19}}},
         "sampling": {"n": 2, "temperature": 0.6, "max_tokens": 192},
         "output": {"uri": str(tmp_path / "out"), "prompts_per_shard": 8},
+        # One unit at a time: spend is above zero while the second and third units run, long enough for Ray to
+        # export the gauge. Three units at once all commit in the run's last moment, and CI once saw spend 0 only.
+        "replicas": {"units_in_flight": 1, "min_sequences_in_flight": None},
     }
     path = tmp_path / "gen.yaml"
     path.write_text(json.dumps(config))
