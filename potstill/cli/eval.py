@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Optional
 
 import typer
-from rich.markup import escape
 
 from potstill.cli.common import EndpointOption, VerboseOption, fail, reserve_stdout_for_json, storage_from
 
@@ -25,7 +24,7 @@ def eval_model(
     """Generate with MODEL in vLLM on held-out PROMPTS, verify each answer, print the accuracy."""
     if json_out:
         reserve_stdout_for_json()
-    from potstill.cli.scoring import run_scoring
+    from potstill.cli.scoring import run_scoring, sample_lines
     from potstill.pipelines.jobs.evaluate import evaluate, load_eval_prompts
 
     if method not in ("math", "exact"):
@@ -36,8 +35,7 @@ def eval_model(
         fail(str(exc))
 
     def result_lines(result: dict) -> list[str]:
-        s = result["sample"]
-        return [f"[bold]prompt[/]: {escape(s['prompt'])}", f"[bold]model[/]:\n{escape(s['completion'])}",
+        return [*sample_lines(result, "prompt", "model"),
                 f"accuracy {result['accuracy']:.3f} ({result['correct']}/{result['n']}, {method} verifier) · "
                 f"{result['finished']}/{result['n']} finished · {result['output_tokens_per_s'] or 0:,.0f} output "
                 f"tokens/s · {result['elapsed_s']:.0f} s · model {model} · {len(items)} prompts from {prompts}"]

@@ -14,7 +14,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from rich.markup import escape
+
 from potstill.cli.common import fail, print_json
+
+
+def sample_lines(result: dict[str, Any], prompt_label: str, completion_label: str) -> list[str]:
+    """The scored sample's prompt and completion, as text (a `[b]` in a completion is not markup)."""
+    sample = result["sample"]
+    return [f"[bold]{prompt_label}[/]: {escape(sample['prompt'])}",
+            f"[bold]{completion_label}[/]:\n{escape(sample['completion'])}"]
 
 
 def run_scoring(command: str, prompts: int, score: Callable[[], dict[str, Any]],

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import typer
-from rich.markup import escape
 
 from potstill.cli.common import VerboseOption, reserve_stdout_for_json
 
@@ -20,12 +19,11 @@ def demo(
     """Ask the shipped teacher N fresh 3-digit additions in the real vLLM engine; print accuracy and a trace."""
     if json_out:
         reserve_stdout_for_json()
-    from potstill.cli.scoring import run_scoring
+    from potstill.cli.scoring import run_scoring, sample_lines
     from potstill.pipelines.jobs.teacher_demo import run_teacher_demo
 
     def result_lines(result: dict) -> list[str]:
-        sample = result["sample"]
-        return [f"[bold]question[/]: {escape(sample['prompt'])}", f"[bold]teacher[/]:\n{escape(sample['completion'])}",
+        return [*sample_lines(result, "question", "teacher"),
                 f"accuracy {result['accuracy']:.3f} ({result['correct']}/{result['n']}) · "
                 f"one <think> block {result['with_think_block']}/{result['n']} · "
                 f"{result['output_tokens_per_s']:,.0f} output tokens/s · model {result['model']}"]
