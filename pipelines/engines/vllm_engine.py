@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from potstill.pipelines.host.cpu_affinity import keep_frontend_off_worker_cores
+from potstill.pipelines.engines.cpu_executor import model_in_engine_core
 from potstill.pipelines.engines.cpu_memory import check_cpu_memory
 from potstill.pipelines.engines.ipc_sockets import use_potstill_ipc_folder
 from potstill.pipelines.engines.protocol import EngineFailure, Generation, Sample
@@ -138,7 +139,8 @@ class VllmEngine:
         self.load_tokenizer()
         # Offline batch generation: vLLM's LLM-class batch defaults (CPU: 256 sequences and 4096 tokens a step,
         # H100: 1024 and 16384), not the async engine's serving defaults (128 and 2048), which halve the batch.
-        self._llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**args), usage_context=UsageContext.LLM_CLASS)
+        with model_in_engine_core(args, on_cpu=current_platform.is_cpu()):
+            self._llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**args), usage_context=UsageContext.LLM_CLASS)
         self.batch_capacity = self._llm.vllm_config.scheduler_config.max_num_seqs
         if self._llm.vllm_config.device_config.device_type == "cpu":
             moved = keep_frontend_off_worker_cores(os.getpid())
