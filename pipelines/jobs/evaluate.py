@@ -17,6 +17,7 @@ the project's storage stack into a temporary folder first.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import tempfile
@@ -26,10 +27,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from potstill.pipelines.engines.ipc_sockets import use_potstill_ipc_folder
 from potstill.schemas.generation import StorageConfig
 
 if TYPE_CHECKING:
+    from potstill.pipelines.engines.protocol import Sample
     from potstill.schemas.training import TrainingConfig
 
 ARITHMETIC_SPEC = re.compile(r"^arithmetic:(\d+)$")
@@ -41,14 +42,6 @@ SHUTDOWN_GRACE_ENV, SHUTDOWN_GRACE_S = "VLLM_WORKER_SHUTDOWN_TIMEOUT_SECONDS", "
 """How long a finished eval engine may take to stop before vLLM kills it. vLLM's CPU model worker leaves only on
 SIGTERM, which its default 5 s grace period delays, so every scoring ended with seconds of idle waiting; the
 engine's outputs are all in hand by then, so there is nothing for a longer grace to save."""
-
-
-def small_model_cache_args() -> dict[str, int]:
-    """vLLM engine arguments sizing a small model's KV cache: on CPU vLLM would otherwise claim 90% of the
-    machine's memory; on GPU its own sizing stands."""
-    import torch
-
-    return {} if torch.cuda.is_available() else {"kv_cache_memory_bytes": CPU_KV_CACHE_BYTES}
 
 
 @dataclass(frozen=True)
@@ -143,6 +136,34 @@ def local_model(model: str, storage: StorageConfig | None = None) -> Iterator[st
         yield folder
 
 
+async def _complete(conversations: list[list[dict[str, str]]], path: str, dtype: str, temperature: float,
+                    max_tokens: int) -> tuple[list["Sample"], int, float]:
+    """One completion per conversation from the model at `path`, through the engine generation runs use
+    (`VllmEngine`: the model's chat template, every request in one continuous batch); returns the completions,
+    the engine's context length and the generation seconds."""
+    import torch
+
+    from potstill.pipelines.engines.vllm_engine import VllmEngine
+    from potstill.schemas.generation import SamplingConfig, TeacherConfig
+
+    cache = {} if torch.cuda.is_available() else {"kv_cache_gib": CPU_KV_CACHE_BYTES / 2**30}
+    engine = VllmEngine(TeacherConfig(model=path, dtype=dtype, seed=0, engine_kwargs={"enforce_eager": True}, **cache),
+                        SamplingConfig(n=1, temperature=temperature, max_tokens=max_tokens))
+    await engine.start()
+    try:
+        limit = engine._llm.vllm_config.model_config.max_model_len
+        encoded = engine.encode_chats(conversations)
+        for conversation, ids in zip(conversations, encoded):
+            if isinstance(ids, Exception):
+                raise ValueError(f"the model's chat template rejects {conversation!r}: {ids}") from ids
+        gen_started = time.perf_counter()
+        generations = await asyncio.gather(*(engine.generate(ids, 1, f"eval-{i}") for i, ids in enumerate(encoded)))
+        gen_s = time.perf_counter() - gen_started
+    finally:
+        await engine.shutdown()
+    return [g.samples[0] for g in generations], limit, gen_s
+
+
 def evaluate(
     model: str, prompts: list[EvalPrompt], method: str = "math", max_tokens: int = 256, dtype: str = "auto",
     temperature: float = 0.0, storage: StorageConfig | None = None,
@@ -156,27 +177,17 @@ def evaluate(
     from potstill.pipelines.generate.reasoning import has_one_think_block
 
     import torch
-    from vllm import LLM, SamplingParams
 
     if not prompts:
         raise ValueError("no prompts to score; pass at least one")
     if dtype == "auto" and not torch.cuda.is_available():
         dtype = "float32"
     started = time.perf_counter()
-    use_potstill_ipc_folder()
     with local_model(model, storage) as path, _short_shutdown_grace():
-        llm = LLM(model=path, dtype=dtype, seed=0, enforce_eager=True, disable_log_stats=True, **small_model_cache_args())
-        try:
-            limit = llm.llm_engine.model_config.max_model_len
-            params = SamplingParams(temperature=temperature, max_tokens=max_tokens)
-            gen_started = time.perf_counter()
-            outputs = llm.chat([p.messages for p in prompts], params, use_tqdm=True)
-            gen_s = time.perf_counter() - gen_started
-        finally:
-            del llm  # stops the engine core process now instead of at garbage collection
-    completions = [o.outputs[0].text for o in outputs]
+        outputs, limit, gen_s = asyncio.run(_complete([p.messages for p in prompts], path, dtype, temperature, max_tokens))
+    completions = [o.text for o in outputs]
     verdicts = [verify(c, p.reference, method=method) for c, p in zip(completions, prompts)]
-    tokens = sum(len(o.outputs[0].token_ids) for o in outputs)
+    tokens = sum(o.num_tokens for o in outputs)
     correct = sum(verdicts)
     return {
         "model": model,
@@ -186,7 +197,7 @@ def evaluate(
         "method": method,
         "temperature": temperature,
         "max_model_len": limit,
-        "finished": sum(o.outputs[0].finish_reason == "stop" for o in outputs),
+        "finished": sum(o.finish_reason == "stop" for o in outputs),
         "with_think_block": sum(has_one_think_block(c) for c in completions),
         "sample": {"prompt": prompts[0].messages[-1]["content"], "completion": completions[0],
                    "reference": prompts[0].reference, "correct": verdicts[0]},
