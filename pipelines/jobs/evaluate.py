@@ -22,7 +22,7 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -137,10 +137,10 @@ def local_model(model: str, storage: StorageConfig | None = None) -> Iterator[st
 
 
 async def _complete(conversations: list[list[dict[str, str]]], path: str, dtype: str, temperature: float,
-                    max_tokens: int) -> tuple[list["Sample"], int, float]:
+                    max_tokens: int, on_completion: Callable[[int], None]) -> tuple[list["Sample"], int, float]:
     """One completion per conversation from the model at `path`, through the engine generation runs use
     (`VllmEngine`: the model's chat template, every request in one continuous batch); returns the completions,
-    the engine's context length and the generation seconds."""
+    the engine's context length and the generation seconds. `on_completion(done)` runs as each one finishes."""
     import torch
 
     from potstill.pipelines.engines.vllm_engine import VllmEngine
@@ -156,8 +156,17 @@ async def _complete(conversations: list[list[dict[str, str]]], path: str, dtype:
         for conversation, ids in zip(conversations, encoded):
             if isinstance(ids, Exception):
                 raise ValueError(f"the model's chat template rejects {conversation!r}: {ids}") from ids
+        done = 0
+
+        async def complete(i: int, ids: list[int]) -> Any:
+            nonlocal done
+            generation = await engine.generate(ids, 1, f"eval-{i}")
+            done += 1
+            on_completion(done)
+            return generation
+
         gen_started = time.perf_counter()
-        generations = await asyncio.gather(*(engine.generate(ids, 1, f"eval-{i}") for i, ids in enumerate(encoded)))
+        generations = await asyncio.gather(*(complete(i, ids) for i, ids in enumerate(encoded)))
         gen_s = time.perf_counter() - gen_started
     finally:
         await engine.shutdown()
@@ -166,9 +175,10 @@ async def _complete(conversations: list[list[dict[str, str]]], path: str, dtype:
 
 def evaluate(
     model: str, prompts: list[EvalPrompt], method: str = "math", max_tokens: int = 256, dtype: str = "auto",
-    temperature: float = 0.0, storage: StorageConfig | None = None,
+    temperature: float = 0.0, storage: StorageConfig | None = None, on_completion: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """Decode `prompts` with `model` in vLLM (greedy unless `temperature` > 0) and verify every answer.
+    """Decode `prompts` with `model` in vLLM (greedy unless `temperature` > 0) and verify every answer;
+    `on_completion(done)` counts the completions as they finish (progress).
 
     Returns accuracy, counts, how many completions are one well-formed `<think>` block and an answer, a sample and
     the output tokens/s.
@@ -184,7 +194,8 @@ def evaluate(
         dtype = "float32"
     started = time.perf_counter()
     with local_model(model, storage) as path, _short_shutdown_grace():
-        outputs, limit, gen_s = asyncio.run(_complete([p.messages for p in prompts], path, dtype, temperature, max_tokens))
+        outputs, limit, gen_s = asyncio.run(_complete([p.messages for p in prompts], path, dtype, temperature, max_tokens,
+                                                      on_completion or (lambda done: None)))
     completions = [o.text for o in outputs]
     verdicts = [verify(c, p.reference, method=method) for c, p in zip(completions, prompts)]
     tokens = sum(o.num_tokens for o in outputs)

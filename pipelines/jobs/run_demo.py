@@ -41,7 +41,7 @@ def run_demo(
 ) -> dict[str, Any]:
     """Run the three stages; returns the summary (teacher_acc, student_acc, params, traces, out, ...).
 
-    `on_scoring(done, total)` counts the models scored (teacher, then student)."""
+    `on_scoring(done, total)` counts the completions scored, the teacher's then the student's."""
     from potstill.cluster.connect import ensure_ray
     from potstill.pipelines.jobs.evaluate import count_parameters, evaluate, load_eval_prompts, trained_questions
     from potstill.pipelines.jobs.run_training import local_cpus, run_training
@@ -68,11 +68,10 @@ def run_demo(
     stage(f"3/3 scoring teacher and student in vLLM on {eval_problems} fresh held-out problems")
     problems = load_eval_prompts(f"arithmetic:{eval_problems}", exclude=trained_questions([traces_uri]))
     scored = on_scoring or (lambda done, total: None)
-    scored(0, 2)
-    teacher = evaluate(gen_cfg.teacher.model, problems)
-    scored(1, 2)
-    student = evaluate(training["student"], problems)
-    scored(2, 2)
+    total = 2 * len(problems)
+    scored(0, total)
+    teacher = evaluate(gen_cfg.teacher.model, problems, on_completion=lambda done: scored(done, total))
+    student = evaluate(training["student"], problems, on_completion=lambda done: scored(len(problems) + done, total))
     return {
         "teacher_acc": teacher["accuracy"],
         "student_acc": student["accuracy"],

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from typing import Any
 
 from potstill.pipelines.jobs.evaluate import EVAL_SEED, evaluate, load_eval_prompts
@@ -23,13 +24,16 @@ MAX_TOKENS = 256
 
 
 def run_teacher_demo(
-    n: int = 200, seed: int = EVAL_SEED, model: str = SHIPPED_TEACHER, digits: int = 3, temperature: float = 0.0
+    n: int = 200, seed: int = EVAL_SEED, model: str = SHIPPED_TEACHER, digits: int = 3, temperature: float = 0.0,
+    on_completion: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """Decode `n` fresh held-out problems with vLLM (greedy by default) and score the answers after `</think>`."""
+    """Decode `n` fresh held-out problems with vLLM (greedy by default) and score the answers after `</think>`;
+    `on_completion(done)` counts the completions as they finish."""
     if n < 1:
         raise ValueError(f"n={n} must be at least 1; pass how many problems to score")
     problems = load_eval_prompts(f"arithmetic:{n}", seed=seed, digits=digits)
-    return {**evaluate(model, problems, max_tokens=MAX_TOKENS, temperature=temperature), "digits": digits}
+    return {**evaluate(model, problems, max_tokens=MAX_TOKENS, temperature=temperature, on_completion=on_completion),
+            "digits": digits}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -57,8 +57,9 @@ def demo(
 
         def on_scoring(done: int, total: int) -> None:
             if "scoring" not in views:
-                views["scoring"] = session.next_phase("scoring", "models", "scored", total=total)
-            views["scoring"].update(done=done, total=total, status=("scoring teacher", "scoring student", "scored")[done])
+                views["scoring"] = session.next_phase("scoring", "completions", "scored", total=total)
+            status = "scoring teacher" if done < total // 2 else "scoring student" if done < total else "scored"
+            views["scoring"].update(done=done, total=total, status=status)
 
         try:
             summary = run_demo(out, on_stage=on_stage, on_generation=on_generation, on_training=on_training,

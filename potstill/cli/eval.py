@@ -40,5 +40,6 @@ def eval_model(
                 f"{result['finished']}/{result['n']} finished · {result['output_tokens_per_s'] or 0:,.0f} output "
                 f"tokens/s · {result['elapsed_s']:.0f} s · model {model} · {len(items)} prompts from {prompts}"]
 
-    run_scoring("eval", len(items), lambda: evaluate(model, items, method=method, max_tokens=max_tokens),
+    run_scoring("eval", len(items),
+                lambda progress: evaluate(model, items, method=method, max_tokens=max_tokens, on_completion=progress),
                 result_lines, what=model, json_out=json_out, verbose=verbose)

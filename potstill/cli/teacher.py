@@ -28,5 +28,6 @@ def demo(
                 f"one <think> block {result['with_think_block']}/{result['n']} · "
                 f"{result['output_tokens_per_s']:,.0f} output tokens/s · model {result['model']}"]
 
-    run_scoring("teacher-demo", n, lambda: run_teacher_demo(n=n, seed=seed), result_lines, what=f"--n {n}",
+    run_scoring("teacher-demo", n, lambda progress: run_teacher_demo(n=n, seed=seed, on_completion=progress),
+                result_lines, what=f"--n {n}",
                 json_out=json_out, verbose=verbose)

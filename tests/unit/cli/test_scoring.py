@@ -26,9 +26,11 @@ _SCRIPT = textwrap.dedent("""
     import potstill.pipelines.jobs.evaluate as evaluate_module
     import potstill.pipelines.jobs.teacher_demo as teacher_demo
 
-    def fake_evaluate(*args, **kwargs):
+    def fake_evaluate(*args, on_completion=None, **kwargs):
         logging.getLogger("vllm.engine").warning("ENGINE LOG LINE from vLLM")
         os.write(2, b"RAW ENGINE PROCESS OUTPUT\\n")
+        for done in range(1, RESULT["n"] + 1):
+            on_completion(done)
         return RESULT
 
     evaluate_module.evaluate = fake_evaluate
