@@ -159,6 +159,11 @@ class VllmEngine:
             detokenize=self._decoder is None,
         )
 
+    @property
+    def max_model_len(self) -> int:
+        """The context length of the started engine (prompt and completion tokens together)."""
+        return self._llm.vllm_config.model_config.max_model_len
+
     def load_tokenizer(self) -> None:
         """The tokenizer `encode_chats` uses (loaded by `start`; callable alone, without vLLM)."""
         from transformers import AutoTokenizer

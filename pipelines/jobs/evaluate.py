@@ -151,7 +151,7 @@ async def _complete(conversations: list[list[dict[str, str]]], path: str, dtype:
                         SamplingConfig(n=1, temperature=temperature, max_tokens=max_tokens))
     await engine.start()
     try:
-        limit = engine._llm.vllm_config.model_config.max_model_len
+        limit = engine.max_model_len
         encoded = engine.encode_chats(conversations)
         for conversation, ids in zip(conversations, encoded):
             if isinstance(ids, Exception):
