@@ -36,12 +36,14 @@ if TYPE_CHECKING:
 ARITHMETIC_SPEC = re.compile(r"^arithmetic:(\d+)$")
 EVAL_SEED = 7
 """Seed of `arithmetic:N` problems (generation runs use other seeds; `exclude` drops any overlap)."""
-CPU_KV_CACHE_BYTES = 2**30
+CPU_KV_CACHE_GIB = 1.0
 """KV cache for eval engines on CPU: plenty for small models at eval batch sizes."""
 SHUTDOWN_GRACE_ENV, SHUTDOWN_GRACE_S = "VLLM_WORKER_SHUTDOWN_TIMEOUT_SECONDS", "1"
-"""How long a finished eval engine may take to stop before vLLM kills it. vLLM's CPU model worker leaves only on
-SIGTERM, which its default 5 s grace period delays, so every scoring ended with seconds of idle waiting; the
-engine's outputs are all in hand by then, so there is nothing for a longer grace to save."""
+"""How long a finished eval engine may take to stop before vLLM kills it. A vLLM model worker process (a GPU
+engine's, or a CPU engine's given the multiprocessing executor; a default CPU engine has none,
+`engines/cpu_executor.py`) leaves only on SIGTERM, which its default 5 s grace period delays, so every scoring
+ended with seconds of idle waiting; the engine's outputs are all in hand by then, so there is nothing for a longer
+grace to save."""
 
 
 @dataclass(frozen=True)
@@ -146,7 +148,7 @@ async def _complete(conversations: list[list[dict[str, str]]], path: str, dtype:
     from potstill.pipelines.engines.vllm_engine import VllmEngine
     from potstill.schemas.generation import SamplingConfig, TeacherConfig
 
-    cache = {} if torch.cuda.is_available() else {"kv_cache_gib": CPU_KV_CACHE_BYTES / 2**30}
+    cache = {} if torch.cuda.is_available() else {"kv_cache_gib": CPU_KV_CACHE_GIB}
     engine = VllmEngine(TeacherConfig(model=path, dtype=dtype, seed=0, engine_kwargs={"enforce_eager": True}, **cache),
                         SamplingConfig(n=1, temperature=temperature, max_tokens=max_tokens))
     await engine.start()
