@@ -179,7 +179,7 @@ class ReplicasConfig(StrictModel):
     min_replicas: int = Field(default=1, ge=1, description="Replicas started at the beginning and kept at least.")
     max_replicas: int = Field(default=1, ge=1, description="Upper bound for scale-up on backlog (replicas beyond what the cluster can place wait as pending, not failures).")
     autoscale: AutoscaleConfig = Field(default_factory=AutoscaleConfig, description="Backlog autoscaling between min_replicas and max_replicas.")
-    cpus_per_replica: float = Field(default=1, ge=0, description="CPUs reserved by each replica actor.")
+    cpus_per_replica: float = Field(default=1, ge=0, description="CPUs reserved by each replica actor; a CPU-only engine computes with this many threads (Ray sets the actor's OMP_NUM_THREADS from it).")
     gpus_per_replica: float | None = Field(default=None, ge=0, description="GPUs per replica; default: tensor_parallel_size when the cluster has GPUs, else 0.")
     accelerator_type: str | None = Field(default=None, description="Ray accelerator type to pin replicas to (e.g. H100).")
     units_in_flight: int = Field(default=2, ge=1, description="Work units queued on each replica at once (backpressure; >1 keeps the engine busy across unit boundaries).")
