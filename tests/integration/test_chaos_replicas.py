@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,8 @@ from chaos_support import (  # noqa: E402
 )
 from chaos_support import clean  # noqa: E402,F401 - fixture
 
+from leftovers import orphaned_engine_processes  # noqa: E402
+
 from potstill.pipelines.output.commit import gc_run  # noqa: E402
 from potstill.pipelines.jobs.run_generation import run_generation  # noqa: E402
 from potstill.pipelines.output.storage import Storage  # noqa: E402
@@ -35,6 +38,9 @@ pytestmark = pytest.mark.slow
 MAX_ATTEMPTS = 2
 KILLED, DEAD, HUNG, CRASHED, POISONED = range(5)  # shard index -> its fault; also the fault rule's index
 POISON = question(POISONED * PER_SHARD + 4)
+ORPHAN_GRACE_S = 30.0
+"""How long after the run the engine processes of replicas that died may take to go (Ray reaps a dead worker's
+processes within seconds)."""
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +86,15 @@ def test_replica_killed_mid_shard_is_replaced_and_nothing_is_lost_or_duplicated(
     assert run.summary.replaced_for["actor_died"] == 2
     assert run.manifest.shards[KILLED].row_count == PER_SHARD * N
     assert_same_output(run, clean, minus={run.prompt_of(POISON)})
+
+
+def test_no_engine_process_outlives_its_replica(chaos_run):
+    """Eight replicas died mid-run (ray.kill, engine deaths, the hang deadline, os._exit before a commit): none left
+    its vLLM engine process running on the node."""
+    deadline = time.monotonic() + ORPHAN_GRACE_S
+    while (left := orphaned_engine_processes()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not left, f"engine processes outlived their replicas: {left}"
 
 
 def test_engine_death_replaces_the_replica_and_attempts_stay_bounded(chaos_run, clean):
