@@ -16,6 +16,12 @@ pipeline rounds, after Ray stops) and the ratios divide medians: on a
 shared machine two plain runs of one process differ by more than the gaps
 judged (docs/PERFORMANCE.md).
 `tokens_per_s_rounds` lists every round.
+
+Plain vLLM runs in two configurations each round (`bare_vllm`): as `LLM(...)`
+sets itself up by default (`pipeline_vs_bare_vllm_*`), and with the executor
+the pipeline's CPU engines use, which for the `LLM` class leaves no process
+boundary at all (`pipeline_vs_bare_vllm_in_process_*`). On a GPU both are the
+same engine.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from benchmarks.bench_model import build_random_llama  # noqa: E402
 from potstill.cli.common import last_json_line  # noqa: E402
 
 TEMPERATURE = 0.6
+BARE_MODES = ("default", "in_process")
 
 
 def make_prompts(n: int, skewed: bool, seed: int) -> list[dict]:
@@ -54,13 +61,23 @@ def make_prompts(n: int, skewed: bool, seed: int) -> list[dict]:
     return rows
 
 
-def bare_vllm(model: Path, runs: dict[str, tuple[list[dict], int | None]]) -> dict[str, float]:
-    """Output tokens/s of plain `LLM.generate` per run: all prompts at once, or chunks of `chunk` in turn."""
+def bare_vllm(model: Path, runs: dict[str, tuple[list[dict], int | None]], in_process: bool) -> dict[str, float]:
+    """Output tokens/s of plain `LLM.generate` per run: all prompts at once, or chunks of `chunk` in turn.
+
+    `in_process=False`: `LLM(...)` as vLLM configures it by default (on CPU: an engine-core process and a model
+    worker process). `in_process=True`: the executor the pipeline's CPU engines use (`model_in_engine_core`, no
+    worker process); for the `LLM` class that also drops the engine-core process, so plain vLLM runs with no
+    process boundary at all, which the pipeline's async engine always has."""
     from transformers import AutoTokenizer
     from vllm import LLM, SamplingParams
+    from vllm.platforms import current_platform
+
+    from potstill.pipelines.engines.cpu_executor import model_in_engine_core
 
     tok = AutoTokenizer.from_pretrained(model)
-    llm = LLM(model=str(model), dtype="float32", seed=0, max_model_len=1024, disable_log_stats=True)
+    args = {"model": str(model), "dtype": "float32", "seed": 0, "max_model_len": 1024, "disable_log_stats": True}
+    with model_in_engine_core(args, on_cpu=in_process and current_platform.is_cpu()):
+        llm = LLM(**args)
     results = {}
     for name, (rows, chunk) in runs.items():
         ids = [tok.encode(tok.apply_chat_template([{"role": "user", "content": r["prompt"]}],
@@ -171,16 +188,18 @@ def main() -> None:
         model = build_random_llama(work / "model")
         prompts = {"skewed": make_prompts(args.prompts, True, 0), "uniform": make_prompts(args.prompts, False, 1)}
         both = {name: (rows, None) for name, rows in prompts.items()}
-        bare: dict[str, list[float]] = {"skewed": [], "uniform": []}
+        bare: dict[str, dict[str, list[float]]] = {mode: {"skewed": [], "uniform": []} for mode in BARE_MODES}
         pipe: dict[str, list[float]] = {"skewed": [], "uniform": []}
 
-        def bare_round(runs) -> None:
-            for name, tokens_per_s in bare_vllm(model, runs).items():
-                bare.setdefault(name, []).append(tokens_per_s)
+        def bare_round(runs, first: bool = False) -> None:
+            for mode in BARE_MODES:
+                chunked = {"chunked": (prompts["skewed"], 64)} if first and mode == "default" else {}
+                for name, tokens_per_s in bare_vllm(model, runs | chunked, in_process=mode == "in_process").items():
+                    bare[mode].setdefault(name, []).append(tokens_per_s)
 
         # Alternate plain vLLM and the pipeline, so a slow spell of this shared machine hits both alike:
         # plain before Ray starts, beside the idle Ray cluster between pipeline rounds, and after Ray stops.
-        bare_round(both | {"chunked": (prompts["skewed"], 64)})
+        bare_round(both, first=True)
         ensure_ray()
         for i in range(args.rounds):
             if i:
@@ -189,11 +208,11 @@ def main() -> None:
                 pipe[name].append(pipeline(model, rows, work, f"{name}-{i}"))
         ray.shutdown()
         bare_round(both)
-        median = {f"{side}_{name}": statistics.median(runs[name])
-                  for side, runs in (("pipeline", pipe), ("bare", bare)) for name in prompts}
-        result["pipeline_vs_bare_vllm_skewed"] = median["pipeline_skewed"] / median["bare_skewed"]
-        result["pipeline_vs_bare_vllm_uniform"] = median["pipeline_uniform"] / median["bare_uniform"]
-        result["pipeline_vs_chunked_vllm_skewed"] = median["pipeline_skewed"] / bare["chunked"][0]
+        for name in prompts:
+            piped = statistics.median(pipe[name])
+            result[f"pipeline_vs_bare_vllm_{name}"] = piped / statistics.median(bare["default"][name])
+            result[f"pipeline_vs_bare_vllm_in_process_{name}"] = piped / statistics.median(bare["in_process"][name])
+        result["pipeline_vs_chunked_vllm_skewed"] = statistics.median(pipe["skewed"]) / bare["default"]["chunked"][0]
         result["writer_vs_pyarrow"] = writer_vs_pyarrow(work)
         d1, c1 = driver_rss(model, work, args.rss_prompts)
         d10, c10 = driver_rss(model, work, 10 * args.rss_prompts)
