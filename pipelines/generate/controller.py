@@ -288,6 +288,9 @@ class GenerationController:
                 self.history.sample(now, self.target_replicas, self._replicas)
                 self._recorder.save(self.history.samples)
                 self._lease.beat()
+                # The gauges show the pool as it stands while the loop waits: set after a result settles instead,
+                # they would never count a unit that finishes within one wait.
+                self.accounting.tick(*self._pool_state())
                 self._lock.release()  # status() and scale() run while the loop waits
                 try:
                     ready = pool.wait(self._waiting, timeout_s=1.0)
@@ -299,8 +302,8 @@ class GenerationController:
                 if now >= self._next_deadline_check:
                     self._next_deadline_check = now + self._deadline_check_s
                     self._check_deadlines(now)
-                self.accounting.tick(*self._pool_state())
                 self.progress.spent_usd = self.accounting.spent_usd()
+            self.accounting.tick(*self._pool_state())
             if self._first_ready is not None:
                 self._generation_s = pool.now() - self._first_ready
             self.accounting.generation_s = self._generation_s

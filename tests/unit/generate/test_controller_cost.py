@@ -102,3 +102,16 @@ def test_replica_time_is_charged_and_a_replica_that_died_before_producing_is_fai
     assert any(live == 1 and inflight > 0 for live, _, _, inflight in observer.pools)
     assert max(queued for _, _, queued, _ in observer.pools) > 0
     assert observer.spends == sorted(observer.spends) and observer.spends[-1] == pytest.approx(report.spent_usd)
+
+
+def test_the_gauges_count_units_in_flight_even_when_each_finishes_within_one_wait(tmp_path):
+    """One unit at a time, each done long before the loop's 1 s wait times out: the gauges, set while the loop
+    waits, still show it in flight (set only after a result settled, they showed 0 all run), and 0 at the end."""
+    cfg = api_config(str(tmp_path / "out"), replicas={
+        "unit_timeout_s": 60, "start_timeout_s": 120, "max_attempts": 2, "units_in_flight": 1,
+        "min_sequences_in_flight": None})
+    observer = Observer()
+    pool = SimulatedPool(cfg, cfg.output.uri, script=SCRIPT, prompt_s=0.01)
+    assert GenerationController(cfg, cfg.output.uri, observer=observer).run(pool).status == "complete"
+    in_flight = [inflight for *_, inflight in observer.pools]
+    assert in_flight.count(1) >= COUNT // PER_SHARD and max(in_flight) == 1 and in_flight[-1] == 0
