@@ -174,7 +174,7 @@ def train_func(config: dict[str, Any]) -> None:
 
     def after_step(st: LoopState, m: dict[str, float]) -> None:
         nonlocal last_post
-        maybe_fail(fault, st.step, rank, fault_fs)
+        maybe_fail(fault, st.step, rank, fault_fs, checkpointed_step=saved_step)
         now = time.monotonic()
         if board is not None and (now - last_post >= PROGRESS_EVERY_S or st.step == config["total_steps"]):
             last_post = now

@@ -174,7 +174,8 @@ def test_fault_hook_parses_the_env_and_fires_once(tmp_path: Path, monkeypatch: p
     assert fault_from_env(str(tmp_path)) is None
     monkeypatch.setenv(FAULT_ENV, "3:1")
     plan = fault_from_env(str(tmp_path / "job"))
-    assert plan == {"step": 3, "rank": 1, "marker": f"{tmp_path}/job/faults/step-3", "kill": False}
+    assert plan == {"step": 3, "rank": 1, "marker": f"{tmp_path}/job/faults/step-3", "kill": False,
+                    "registry": f"{tmp_path}/job/checkpoint_manager_snapshot.json"}
     fs = LocalFileSystem()
     maybe_fail(plan, 3, 0, fs)  # another rank
     maybe_fail(plan, 2, 1, fs)  # another step
@@ -184,3 +185,41 @@ def test_fault_hook_parses_the_env_and_fires_once(tmp_path: Path, monkeypatch: p
     monkeypatch.setenv(FAULT_ENV, "three")
     with pytest.raises(ValueError, match=f"{FAULT_ENV}='three' is not 'STEP', 'STEP:RANK' or 'STEP:RANK:kill'"):
         fault_from_env(str(tmp_path))
+
+
+def test_the_fault_hook_fires_only_once_ray_train_has_registered_the_newest_checkpoint(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Checkpoints register in the background: the hook waits for the registry to list step 2 before failing at
+    step 3, so the restart resumes from step 2 however fast the steps ran."""
+    import json
+    import threading
+
+    from pyarrow.fs import LocalFileSystem
+
+    monkeypatch.setenv(FAULT_ENV, "3:0")
+    plan = fault_from_env(str(tmp_path / "job"))
+    registry = Path(plan["registry"])
+    registry.parent.mkdir(parents=True)
+    registry.write_text(json.dumps({"checkpoint_results": [{"metrics": {"step": 1}}]}))
+    registered = threading.Event()
+
+    def register_step_2() -> None:
+        registered.wait()
+        registry.write_text(json.dumps({"checkpoint_results": [{"metrics": {"step": 1}}, {"metrics": {"step": 2}}]}))
+
+    writer = threading.Thread(target=register_step_2)
+    writer.start()
+    fired = threading.Event()
+
+    def fail() -> None:
+        with pytest.raises(InjectedFault):
+            maybe_fail(plan, 3, 0, LocalFileSystem(), checkpointed_step=2)
+        fired.set()
+
+    worker = threading.Thread(target=fail)
+    worker.start()
+    assert not fired.wait(0.5), "the hook fired before step 2 was registered"
+    registered.set()
+    worker.join(30)
+    writer.join()
+    assert fired.is_set() and Path(plan["marker"]).exists()
