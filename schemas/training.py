@@ -138,6 +138,15 @@ class EvalConfig(StrictModel):
     max_tokens: int = Field(default=256, gt=0, description="Completion budget per prompt.")
 
 
+class TrainFaultConfig(StrictModel):
+    """Test hook, default off: one training worker fails right after an optimizer step, once per job name
+    (tests/integration/test_distill_job.py). Never set in production jobs; a resume may drop or change it."""
+
+    step: int = Field(gt=0, description="Optimizer step after which the worker fails (before any checkpoint of that step).")
+    rank: int = Field(default=0, ge=0, description="Rank of the worker that fails; must be below scaling.num_workers.")
+    action: Literal["raise", "kill"] = Field(default="raise", description="`raise`: the training function raises (Ray Train restarts the group from the last checkpoint); `kill`: the worker process is SIGKILLed (a crash with no Python cleanup, what a lost node looks like).")
+
+
 GPU_TYPES = ("H100-80GB", "H200-141GB", "A100-80GB", "A100-40GB", "L40S-48GB", "B200-180GB")
 
 
@@ -167,6 +176,7 @@ class TrainingConfig(StrictModel):
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig, description="Checkpoints and fault tolerance.")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Scoring of the final student after training (off unless eval.prompts is set).")
     plan: TrainPlanConfig = Field(default_factory=TrainPlanConfig, description="Assumptions of `potstill plan` (ignored by training).")
+    faults: TrainFaultConfig | None = Field(default=None, description="Test hook: a worker that fails at a chosen step (fault-tolerance tests only).")
 
     @model_validator(mode="after")
     def _global_batch_divides(self) -> "TrainingConfig":
@@ -175,6 +185,14 @@ class TrainingConfig(StrictModel):
             raise ValueError(f"run.global_batch_size ({g}) is not a multiple of run.micro_batch_size ({m}) x "
                              f"scaling.num_workers ({w}) = {m * w}; change one of them so each worker accumulates a whole "
                              "number of micro-batches")
+        return self
+
+    @model_validator(mode="after")
+    def _fault_rank_is_a_worker(self) -> "TrainingConfig":
+        w = self.scaling.num_workers
+        if self.faults is not None and self.faults.rank >= w:
+            raise ValueError(f"faults.rank ({self.faults.rank}) is not a worker of scaling.num_workers ({w}); "
+                             f"choose a rank below {w}")
         return self
 
     def grad_accum(self, num_workers: int | None = None) -> int:

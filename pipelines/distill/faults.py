@@ -1,16 +1,16 @@
-"""Test hook: make one training worker fail at a chosen step, once per run name.
+"""Test hook: make one training worker fail at a chosen step, once per job name.
 
-    POTSTILL_FAULT_TRAIN_STEP=7 potstill train CONFIG.yaml        # rank 0 raises after optimizer step 7
-    POTSTILL_FAULT_TRAIN_STEP=7:1 potstill train CONFIG.yaml      # rank 1 does
-    POTSTILL_FAULT_TRAIN_STEP=7:1:kill potstill train CONFIG.yaml # rank 1's process is killed (SIGKILL)
+    faults: {step: 7}                     # in a training config: rank 0 raises after optimizer step 7
+    faults: {step: 7, rank: 1}            # rank 1 does
+    faults: {step: 7, rank: 1, action: kill}   # rank 1's process is killed (SIGKILL)
 
-For fault-tolerance tests only (never set it in production). The driver
-reads the variable when the job starts and passes it to the workers; the
-worker raises `InjectedFault` right after the step, before any checkpoint of
-that step, so Ray Train restarts the worker group from the previous
-checkpoint (`checkpoint.max_failures`). A marker object
-`<storage_path>/<name>/faults/step-<k>` makes the fault fire only once, so the
-restarted group trains through step k.
+For fault-tolerance tests only (`TrainingConfig.faults`; never set it in
+production). The driver turns it into a `StepFault` for the job's folder and
+passes it to the workers; the worker raises `InjectedFault` right after the
+step, before any checkpoint of that step, so Ray Train restarts the worker
+group from the previous checkpoint (`checkpoint.max_failures`). A marker
+object `<storage_path>/<name>/faults/step-<k>` makes the fault fire only once,
+so the restarted group trains through step k.
 
 Checkpoints are written and registered in the background, so a worker that
 dies a few fast steps after one may die before Ray Train has registered it,
@@ -23,12 +23,13 @@ resumes from, on a fast machine as on a slow one.
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-FAULT_ENV = "POTSTILL_FAULT_TRAIN_STEP"
+if TYPE_CHECKING:
+    from potstill.schemas.training import TrainFaultConfig
+
 REGISTRY_FILE = "checkpoint_manager_snapshot.json"
 """Ray Train's record of the checkpoints a run has registered, in the run's folder (what a restart resumes from)."""
 REGISTRATION_WAIT_S = 120.0
@@ -40,34 +41,26 @@ class InjectedFault(RuntimeError):
 
 
 @dataclass(frozen=True)
-class FaultPlan:
+class StepFault:
     """Fail `rank` after optimizer step `step`; `marker` (a path in the checkpoint filesystem) records it fired."""
 
     step: int
     rank: int
     marker: str
-    kill: bool = False
+    kill: bool
     """SIGKILL the worker process instead of raising (a crash with no Python cleanup: what a lost node looks like)."""
-    registry: str = ""
+    registry: str
     """Ray Train's checkpoint registry of the run (`<run_dir>/checkpoint_manager_snapshot.json`)."""
 
 
-def fault_from_env(run_dir: str) -> dict[str, Any] | None:
-    """The fault plan of `POTSTILL_FAULT_TRAIN_STEP` ("k" or "k:rank") for the run folder `run_dir`, or None."""
-    raw = os.environ.get(FAULT_ENV, "").strip()
-    if not raw:
+def step_fault(fault: "TrainFaultConfig | None", run_dir: str) -> dict[str, Any] | None:
+    """The worker-side plan of `TrainingConfig.faults` for the job folder `run_dir` (a dict: it travels in the
+    workers' config), or None."""
+    if fault is None:
         return None
-    step, _, rest = raw.partition(":")
-    rank, _, action = rest.partition(":")
-    try:
-        if action not in ("", "kill"):
-            raise ValueError(action)
-        root = run_dir.rstrip("/")
-        plan = FaultPlan(int(step), int(rank or 0), f"{root}/faults/step-{int(step)}", action == "kill",
-                         f"{root}/{REGISTRY_FILE}")
-    except ValueError:
-        raise ValueError(f"{FAULT_ENV}={raw!r} is not 'STEP', 'STEP:RANK' or 'STEP:RANK:kill' (integers); fix or unset it") from None
-    return asdict(plan)
+    root = run_dir.rstrip("/")
+    return asdict(StepFault(fault.step, fault.rank, f"{root}/faults/step-{fault.step}", fault.action == "kill",
+                            f"{root}/{REGISTRY_FILE}"))
 
 
 def registered_steps(filesystem: Any, registry: str) -> list[int]:
@@ -82,8 +75,8 @@ def registered_steps(filesystem: Any, registry: str) -> list[int]:
 
 def maybe_fail(plan: dict[str, Any] | None, step: int, rank: int, filesystem: Any,
                checkpointed_step: int | None = None) -> None:
-    """Raise InjectedFault when this is the planned rank and step and the fault has not fired before; first wait
-    (up to REGISTRATION_WAIT_S) until Ray Train has registered `checkpointed_step`, the worker's newest checkpoint."""
+    """Fail when this is the planned rank and step and the fault has not fired before; first wait (up to
+    REGISTRATION_WAIT_S) until Ray Train has registered `checkpointed_step`, the worker's newest checkpoint."""
     if plan is None or step != plan["step"] or rank != plan["rank"]:
         return
     from pyarrow.fs import FileType
@@ -92,15 +85,16 @@ def maybe_fail(plan: dict[str, Any] | None, step: int, rank: int, filesystem: An
     if filesystem.get_file_info(marker).type != FileType.NotFound:
         return
     deadline = time.monotonic() + REGISTRATION_WAIT_S
-    while (checkpointed_step and plan.get("registry") and time.monotonic() < deadline
+    while (checkpointed_step and time.monotonic() < deadline
            and max(registered_steps(filesystem, plan["registry"]), default=0) < checkpointed_step):
         time.sleep(0.1)
     filesystem.create_dir(marker.rsplit("/", 1)[0], recursive=True)
     with filesystem.open_output_stream(marker) as f:
         f.write(b"fired\n")
-    if plan.get("kill"):
+    if plan["kill"]:
         import os
         import signal
 
         os.kill(os.getpid(), signal.SIGKILL)
-    raise InjectedFault(f"{FAULT_ENV}: injected failure of rank {rank} after step {step} (a test hook; unset it for real runs)")
+    raise InjectedFault(f"faults: injected failure of rank {rank} after step {step} (a test hook; drop `faults` "
+                        "from the config for real runs)")

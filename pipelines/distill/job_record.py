@@ -26,7 +26,7 @@ from potstill.schemas.training import TrainingConfig
 
 JOB_RECORD = "potstill_job.json"
 FREE_TO_CHANGE = {
-    "name": None, "eval": None,
+    "name": None, "eval": None, "faults": None,
     "checkpoint": None,
     "scaling": {"use_gpu", "cpus_per_worker", "bind_cpu_cores"},
     "data": {"runs", "storage", "follow_poll_s", "follow_idle_timeout_s"},

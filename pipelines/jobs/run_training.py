@@ -177,7 +177,7 @@ def run_training(
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from potstill.pipelines.distill.job_record import claim_job
-    from potstill.pipelines.distill.faults import fault_from_env
+    from potstill.pipelines.distill.faults import step_fault
     from potstill.pipelines.distill.local_reader import PackSpec
     from potstill.pipelines.distill.progress import TrainProgress
     from potstill.pipelines.distill.run_data import finished_run_files
@@ -233,7 +233,7 @@ def run_training(
     resources = {"CPU": cfg.scaling.cpus_per_worker} | ({"GPU": 1} if use_gpu else {})
     trainer = TorchTrainer(
         train_func,
-        train_loop_config=worker_config(cfg, spec, total, board, fault_from_env(run_dir), blocks),
+        train_loop_config=worker_config(cfg, spec, total, board, step_fault(cfg.faults, run_dir), blocks),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=use_gpu, resources_per_worker=resources),
         run_config=ray.train.RunConfig(

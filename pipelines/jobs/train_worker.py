@@ -20,7 +20,7 @@ the newest `checkpoint.keep`, restarts failed worker groups from the latest,
 and a re-run of the same name resumes from it. At the end the final checkpoint
 is written synchronously and the student is exported, streaming, as a Hugging
 Face folder to `<storage_path>/<name>/student/`. Rank 0 posts live progress to
-the driver's `TrainProgress` actor; the `POTSTILL_FAULT_TRAIN_STEP` test hook
+the driver's `TrainProgress` actor; the `faults` test hook
 fails a worker on purpose (`faults.py`).
 """
 

@@ -5,7 +5,7 @@
 The whole loop's accuracy (a smaller student reaching 0.9x the teacher on fresh problems) is the README's main
 command, `potstill demo`, tested in test_readme.py; here are the job's fault tolerance and storage paths:
 
-- a worker fails at step k (the POTSTILL_FAULT_TRAIN_STEP hook) -> the group restarts from the last
+- a worker fails at step k (the config's `faults` test hook) -> the group restarts from the last
   checkpoint, the step counter continues, the final checkpoint exists;
 - two runs with one seed train the same weights;
 - the driver of `potstill train` is SIGKILLed -> re-running the same name resumes, no finished epoch redone,
@@ -34,7 +34,6 @@ import pytest
 
 from potstill.cli.common import last_json_line
 from potstill.pipelines.output.commit import commit_shard, committed_data_files, finalize_run, read_commits
-from potstill.pipelines.distill.faults import FAULT_ENV
 from potstill.pipelines.output.shard_writer import write_shard
 from potstill.pipelines.output.storage import Storage
 from potstill.schemas import load_config
@@ -100,13 +99,13 @@ def small_config(name: str, runs: list[str], storage_path: str, **sections) -> T
     return TrainingConfig.model_validate(base)
 
 
-def test_worker_failure_restarts_from_the_last_checkpoint(traces: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_worker_failure_restarts_from_the_last_checkpoint(traces: dict, tmp_path: Path) -> None:
     from potstill.pipelines.jobs.run_training import run_training
 
     run = str(tmp_path / "run")
     copy_shards(traces["files"][:1], run)  # 250 traces -> 50 packed rows -> 9 steps
-    monkeypatch.setenv(FAULT_ENV, "7:1")  # rank 1 raises right after step 7; the last checkpoint is step 5
-    summary = run_training(small_config("fault", [run], str(tmp_path / "ckpt")))
+    # Rank 1 raises right after step 7; the last checkpoint is step 5.
+    summary = run_training(small_config("fault", [run], str(tmp_path / "ckpt"), faults={"step": 7, "rank": 1}))
     assert summary["planned_steps"] == 9 and summary["steps"] == 9
     assert [(a["start_step"], a["resumed"]) for a in summary["attempts"]] == [(0, False), (5, True)]
     assert (tmp_path / "ckpt" / "fault" / "faults" / "step-7").exists()
@@ -253,7 +252,7 @@ def qwen2_student_on_s3(s3_bucket, tmp_path: Path) -> tuple[str, StorageConfig]:
 
 
 def test_pretrained_qwen2_student_fsdp_bf16_on_s3_survives_a_killed_worker_and_resumes_on_one_worker(
-        traces: dict, qwen2_student_on_s3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        traces: dict, qwen2_student_on_s3, tmp_path: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -275,9 +274,9 @@ def test_pretrained_qwen2_student_fsdp_bf16_on_s3_survives_a_killed_worker_and_r
         "run": {"epochs": 1, "micro_batch_size": 2, "global_batch_size": 4},
         "checkpoint": {"every_steps": 3, "keep": 4, "max_failures": 2},
     }
-    monkeypatch.setenv(FAULT_ENV, "7:1:kill")  # rank 1's process dies right after step 7; the last checkpoint is step 6
-    first = run_training(small_config("qwen2", [run], f"{root}/ckpt", **sections))
-    monkeypatch.delenv(FAULT_ENV)
+    # Rank 1's process dies right after step 7; the last checkpoint is step 6.
+    first = run_training(small_config("qwen2", [run], f"{root}/ckpt", **sections,
+                                      faults={"step": 7, "rank": 1, "action": "kill"}))
     assert first["planned_steps"] == 13 and first["steps"] == 13 and first["student"] == f"{root}/ckpt/qwen2/student"
     # The restart resumes from the newest checkpoint Ray Train registered: step 6 (the fault hook fires only once
     # step 6's asynchronous write is registered; a real crash a few fast steps after it could resume from step 3).

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from potstill.pipelines.distill.checkpointing import Checkpointer, read_metrics
-from potstill.pipelines.distill.faults import FAULT_ENV, InjectedFault, fault_from_env, maybe_fail
+from potstill.pipelines.distill.faults import InjectedFault, maybe_fail, step_fault
 from potstill.pipelines.distill.schedule import build_scheduler
 from potstill.pipelines.distill.train_loop import LoopState
 from potstill.schemas.training import OptimConfig
@@ -167,13 +167,13 @@ def test_fsdp_checkpoint_of_two_workers_resumes_on_one_with_the_same_next_step_l
     assert resumed["lr"] == uninterrupted["lr"]
 
 
-def test_fault_hook_parses_the_env_and_fires_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_configured_fault_fires_once_and_a_rank_outside_the_group_is_refused(tmp_path: Path) -> None:
     from pyarrow.fs import LocalFileSystem
 
-    monkeypatch.delenv(FAULT_ENV, raising=False)
-    assert fault_from_env(str(tmp_path)) is None
-    monkeypatch.setenv(FAULT_ENV, "3:1")
-    plan = fault_from_env(str(tmp_path / "job"))
+    from potstill.schemas.training import TrainFaultConfig, TrainingConfig
+
+    assert step_fault(None, str(tmp_path)) is None
+    plan = step_fault(TrainFaultConfig(step=3, rank=1), str(tmp_path / "job"))
     assert plan == {"step": 3, "rank": 1, "marker": f"{tmp_path}/job/faults/step-3", "kill": False,
                     "registry": f"{tmp_path}/job/checkpoint_manager_snapshot.json"}
     fs = LocalFileSystem()
@@ -182,13 +182,12 @@ def test_fault_hook_parses_the_env_and_fires_once(tmp_path: Path, monkeypatch: p
     with pytest.raises(InjectedFault, match="test hook"):
         maybe_fail(plan, 3, 1, fs)
     maybe_fail(plan, 3, 1, fs)  # the restarted worker group trains through
-    monkeypatch.setenv(FAULT_ENV, "three")
-    with pytest.raises(ValueError, match=f"{FAULT_ENV}='three' is not 'STEP', 'STEP:RANK' or 'STEP:RANK:kill'"):
-        fault_from_env(str(tmp_path))
+    with pytest.raises(ValueError, match=r"faults.rank \(2\) is not a worker of scaling.num_workers \(2\)"):
+        TrainingConfig.model_validate({"name": "j", "data": {"runs": ["r"]}, "faults": {"step": 3, "rank": 2}})
 
 
 def test_the_fault_hook_fires_only_once_ray_train_has_registered_the_newest_checkpoint(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path) -> None:
     """Checkpoints register in the background: the hook waits for the registry to list step 2 before failing at
     step 3, so the restart resumes from step 2 however fast the steps ran."""
     import json
@@ -196,8 +195,9 @@ def test_the_fault_hook_fires_only_once_ray_train_has_registered_the_newest_chec
 
     from pyarrow.fs import LocalFileSystem
 
-    monkeypatch.setenv(FAULT_ENV, "3:0")
-    plan = fault_from_env(str(tmp_path / "job"))
+    from potstill.schemas.training import TrainFaultConfig
+
+    plan = step_fault(TrainFaultConfig(step=3), str(tmp_path / "job"))
     registry = Path(plan["registry"])
     registry.parent.mkdir(parents=True)
     registry.write_text(json.dumps({"checkpoint_results": [{"metrics": {"step": 1}}]}))
