@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -53,45 +53,45 @@ class StepFault:
     """Ray Train's checkpoint registry of the run (`<run_dir>/checkpoint_manager_snapshot.json`)."""
 
 
-def step_fault(fault: "TrainFaultConfig | None", run_dir: str) -> dict[str, Any] | None:
-    """The worker-side plan of `TrainingConfig.faults` for the job folder `run_dir` (a dict: it travels in the
-    workers' config), or None."""
+def step_fault(fault: "TrainFaultConfig | None", run_dir: str) -> StepFault | None:
+    """The worker-side plan of `TrainingConfig.faults` for the job folder `run_dir`, or None."""
     if fault is None:
         return None
     root = run_dir.rstrip("/")
-    return asdict(StepFault(fault.step, fault.rank, f"{root}/faults/step-{fault.step}", fault.action == "kill",
-                            f"{root}/{REGISTRY_FILE}"))
+    return StepFault(fault.step, fault.rank, f"{root}/faults/step-{fault.step}", fault.action == "kill",
+                     f"{root}/{REGISTRY_FILE}")
 
 
-def registered_steps(filesystem: Any, registry: str) -> list[int]:
-    """Steps of the checkpoints Ray Train has registered for the run (none before its first)."""
+def registered_metrics(filesystem: Any, registry: str) -> list[dict[str, Any]]:
+    """The reported metrics (`step`, `epoch`, ...) of every checkpoint Ray Train has registered for a run, from its
+    registry file (none before its first)."""
     try:
         with filesystem.open_input_stream(registry) as f:
             results = json.loads(f.read())["checkpoint_results"]
     except (OSError, ValueError, KeyError):  # not written yet (FileNotFoundError is an OSError)
         return []
-    return [r["metrics"]["step"] for r in results if "step" in r.get("metrics", {})]
+    return [r["metrics"] for r in results if "step" in r.get("metrics", {})]
 
 
-def maybe_fail(plan: dict[str, Any] | None, step: int, rank: int, filesystem: Any,
+def maybe_fail(plan: StepFault | None, step: int, rank: int, filesystem: Any,
                checkpointed_step: int | None = None) -> None:
     """Fail when this is the planned rank and step and the fault has not fired before; first wait (up to
     REGISTRATION_WAIT_S) until Ray Train has registered `checkpointed_step`, the worker's newest checkpoint."""
-    if plan is None or step != plan["step"] or rank != plan["rank"]:
+    if plan is None or step != plan.step or rank != plan.rank:
         return
     from pyarrow.fs import FileType
 
-    marker = plan["marker"]
+    marker = plan.marker
     if filesystem.get_file_info(marker).type != FileType.NotFound:
         return
     deadline = time.monotonic() + REGISTRATION_WAIT_S
     while (checkpointed_step and time.monotonic() < deadline
-           and max(registered_steps(filesystem, plan["registry"]), default=0) < checkpointed_step):
+           and max((m["step"] for m in registered_metrics(filesystem, plan.registry)), default=0) < checkpointed_step):
         time.sleep(0.1)
     filesystem.create_dir(marker.rsplit("/", 1)[0], recursive=True)
     with filesystem.open_output_stream(marker) as f:
         f.write(b"fired\n")
-    if plan["kill"]:
+    if plan.kill:
         import os
         import signal
 

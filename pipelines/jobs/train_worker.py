@@ -31,7 +31,7 @@ import tempfile
 import time
 from typing import TYPE_CHECKING, Any
 
-from potstill.pipelines.distill.faults import maybe_fail
+from potstill.pipelines.distill.faults import StepFault, maybe_fail
 from potstill.pipelines.distill.train_loop import LoopPlan, LoopState, run_loop
 
 if TYPE_CHECKING:
@@ -46,7 +46,7 @@ STUDENT_SUBDIR = "student"
 
 
 def worker_config(
-    cfg: "TrainingConfig", spec: "PackSpec", total_steps: int, board: Any = None, fault: dict[str, Any] | None = None,
+    cfg: "TrainingConfig", spec: "PackSpec", total_steps: int, board: Any = None, fault: StepFault | None = None,
     blocks: list[tuple[Any, int]] | None = None,
 ) -> dict[str, Any]:
     """The `train_loop_config` of the TorchTrainer: plain values, the progress actor handle and, for a materialized

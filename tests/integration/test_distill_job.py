@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from potstill.cli.common import last_json_line
+from potstill.pipelines.distill.faults import REGISTRY_FILE, registered_metrics
 from potstill.pipelines.output.commit import commit_shard, committed_data_files, finalize_run, read_commits
 from potstill.pipelines.output.shard_writer import write_shard
 from potstill.pipelines.output.storage import Storage
@@ -134,11 +135,9 @@ def test_the_same_seed_trains_the_same_student(traces: dict, tmp_path: Path) -> 
 
 def _latest_registered(snapshot: Path) -> dict | None:
     """The metrics of the newest checkpoint Ray Train's controller has registered (what a re-run resumes from)."""
-    try:
-        results = json.loads(snapshot.read_text())["checkpoint_results"]
-    except (FileNotFoundError, json.JSONDecodeError, KeyError):
-        return None
-    return max((r["metrics"] for r in results), key=lambda m: m["step"], default=None)
+    from pyarrow.fs import LocalFileSystem
+
+    return max(registered_metrics(LocalFileSystem(), str(snapshot)), key=lambda m: m["step"], default=None)
 
 
 def test_killed_driver_resumes_without_redoing_a_finished_epoch(traces: dict, tmp_path: Path) -> None:
@@ -150,7 +149,7 @@ def test_killed_driver_resumes_without_redoing_a_finished_epoch(traces: dict, tm
     config.write_text(json.dumps(cfg.model_dump(mode="json")))  # JSON is YAML
     cli = [sys.executable, "-m", "potstill.cli", "train", str(config), "--json"]
     env = dict(os.environ, RAY_ADDRESS="")  # its own local Ray: the kill takes the whole job down
-    snapshot = tmp_path / "ckpt" / "killed" / "checkpoint_manager_snapshot.json"
+    snapshot = tmp_path / "ckpt" / "killed" / REGISTRY_FILE
     proc = subprocess.Popen(cli, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 300

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from potstill.pipelines.distill.checkpointing import Checkpointer, read_metrics
-from potstill.pipelines.distill.faults import InjectedFault, maybe_fail, step_fault
+from potstill.pipelines.distill.faults import InjectedFault, StepFault, maybe_fail, step_fault
 from potstill.pipelines.distill.schedule import build_scheduler
 from potstill.pipelines.distill.train_loop import LoopState
 from potstill.schemas.training import OptimConfig
@@ -174,8 +174,8 @@ def test_the_configured_fault_fires_once_and_a_rank_outside_the_group_is_refused
 
     assert step_fault(None, str(tmp_path)) is None
     plan = step_fault(TrainFaultConfig(step=3, rank=1), str(tmp_path / "job"))
-    assert plan == {"step": 3, "rank": 1, "marker": f"{tmp_path}/job/faults/step-3", "kill": False,
-                    "registry": f"{tmp_path}/job/checkpoint_manager_snapshot.json"}
+    assert plan == StepFault(step=3, rank=1, marker=f"{tmp_path}/job/faults/step-3", kill=False,
+                             registry=f"{tmp_path}/job/checkpoint_manager_snapshot.json")
     fs = LocalFileSystem()
     maybe_fail(plan, 3, 0, fs)  # another rank
     maybe_fail(plan, 2, 1, fs)  # another step
@@ -198,7 +198,7 @@ def test_the_fault_hook_fires_only_once_ray_train_has_registered_the_newest_chec
     from potstill.schemas.training import TrainFaultConfig
 
     plan = step_fault(TrainFaultConfig(step=3), str(tmp_path / "job"))
-    registry = Path(plan["registry"])
+    registry = Path(plan.registry)
     registry.parent.mkdir(parents=True)
     registry.write_text(json.dumps({"checkpoint_results": [{"metrics": {"step": 1}}]}))
     registered = threading.Event()
@@ -222,4 +222,4 @@ def test_the_fault_hook_fires_only_once_ray_train_has_registered_the_newest_chec
     registered.set()
     worker.join(30)
     writer.join()
-    assert fired.is_set() and Path(plan["marker"]).exists()
+    assert fired.is_set() and Path(plan.marker).exists()
