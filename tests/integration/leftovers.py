@@ -20,11 +20,17 @@ import psutil
 ENGINE_PROCESS_PREFIX = "VLLM::"  # vLLM's names for its engine-core and worker processes
 
 
+def _test_run_root() -> psutil.Process:
+    """The pytest process whose tree holds every process of this test run: under xdist the controller that started
+    this worker (the other worker's engines are its children too, not orphans), else this process."""
+    return psutil.Process(os.getppid()) if os.environ.get("PYTEST_XDIST_WORKER") else psutil.Process()
+
+
 def orphaned_engine_processes() -> list[str]:
-    """Live vLLM engine processes of this terminal session, started after this process, outside its tree."""
-    me = psutil.Process()
-    ours = {p.pid for p in me.children(recursive=True)}
-    session, since = os.getsid(0), me.create_time()
+    """Live vLLM engine processes of this terminal session, started after this test run, outside its tree."""
+    root = _test_run_root()
+    ours = {p.pid for p in root.children(recursive=True)}
+    session, since = os.getsid(0), root.create_time()
     found = []
     for proc in psutil.process_iter(["pid", "name", "create_time"]):
         try:
