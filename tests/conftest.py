@@ -38,13 +38,17 @@ the long modules go first and the short ones fill in behind them, neither worker
 run alone at the end. A module missing here only runs later; keep the order roughly that of the latest run."""
 
 
-def _module_rank(item: pytest.Item) -> int:
-    path = Path(str(item.fspath)).resolve().relative_to(_TESTS).as_posix()
-    return LONGEST_MODULES_FIRST.index(path) if path in LONGEST_MODULES_FIRST else len(LONGEST_MODULES_FIRST)
+_RANK = {path: rank for rank, path in enumerate(LONGEST_MODULES_FIRST)}
+_renamed = [path for path in LONGEST_MODULES_FIRST if not (_TESTS / path).is_file()]
+if _renamed:
+    raise RuntimeError(f"LONGEST_MODULES_FIRST names modules that are gone: {_renamed}; give their new paths")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    items.sort(key=_module_rank)  # stable: a module's own tests keep their order, as do the unranked modules
+    def rank(item: pytest.Item) -> int:
+        return _RANK.get(Path(str(item.fspath)).resolve().relative_to(_TESTS).as_posix(), len(_RANK))
+
+    items.sort(key=rank)  # stable: a module's own tests keep their order, as do the unranked modules
 
 
 # ---- S3: a real S3 HTTP endpoint (moto) for the storage and commit tests ----
