@@ -22,6 +22,8 @@ from potstill.schemas.manifest import ShardStats
 
 LATENCY_BOUNDARIES_S = [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600]
 """Request latency buckets: from a short local sample to a long reasoning trace through a busy API."""
+REPORT_SLACK_S = 1.0
+"""Beyond one report interval: the report itself (a gRPC call to the node's agent) must also have gone out."""
 
 
 class ReplicaMetrics:
@@ -46,8 +48,19 @@ class ReplicaMetrics:
                                  "its samples (queueing in the engine or the API budgets included).",
                                  boundaries=LATENCY_BOUNDARIES_S, tag_keys=keys)
         self._api_seen = {"rate_limited": 0, "retried": 0}
+        self._last_recorded = float("-inf")
+
+    def unexported_s(self) -> float:
+        """How long until Ray's periodic report has certainly carried this replica's last recorded value to the node's
+        metrics agent. A worker reports every `metrics_report_interval_ms` and a killed one never again, so a replica
+        retired within that time of its last commit would lose the commit's counters; it waits this long first."""
+        import ray
+
+        interval_s = ray._config.metrics_report_interval_ms() / 1000
+        return max(0.0, self._last_recorded + interval_s + REPORT_SLACK_S - time.monotonic())
 
     def request(self, latency_s: float, generation: Generation) -> None:
+        self._last_recorded = time.monotonic()
         self.latency.observe(latency_s, tags=self.tags)
         tokens = sum(s.num_tokens for s in generation.samples)
         if tokens:
@@ -57,6 +70,7 @@ class ReplicaMetrics:
 
     def result(self, stats: ShardStats) -> None:
         """A (sub-)unit's samples by verdict."""
+        self._last_recorded = time.monotonic()
         rejected = stats.samples_drawn - stats.accepted_samples - stats.truncated_samples
         for verdict, count in (("accepted", stats.accepted_samples), ("rejected", rejected),
                                ("truncated", stats.truncated_samples)):
@@ -64,10 +78,12 @@ class ReplicaMetrics:
                 self.traces.inc(count, tags={**self.tags, "verdict": verdict})
 
     def committed(self) -> None:
+        self._last_recorded = time.monotonic()
         self.units.inc(1, tags=self.tags)
 
     def api_usage(self, usage: dict[str, int]) -> None:
         """An API engine's running retry counts (`OpenAIEngine.usage()`); only the growth is added."""
+        self._last_recorded = time.monotonic()
         for cause, key in (("rate_limited", "rate_limited"), ("other", "retried")):
             grown = usage.get(key, 0) - self._api_seen[key]
             if key == "retried":  # `retried` counts every retry; the 429s among them are counted apart

@@ -114,4 +114,7 @@ class TeacherReplica:
         return out
 
     async def shutdown(self) -> None:
+        """Stop the engine, then outlive the metrics report that carries the last commit (the pool kills the actor
+        once this returns)."""
         await self.engine.shutdown()
+        await asyncio.sleep(self.metrics.unexported_s())

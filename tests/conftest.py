@@ -20,6 +20,9 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# A retiring replica outlives one Ray metrics report (ReplicaMetrics.unexported_s): Ray's 10 s default would add
+# seconds to every run's end in the suite; 1 s reports keep that short. Read by every Ray process the tests start.
+os.environ.setdefault("RAY_metrics_report_interval_ms", "1000")
 
 
 # ---- Scheduling: the suite runs on two xdist workers (`-n 2 --dist loadfile` in pyproject.toml) ----
