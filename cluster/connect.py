@@ -31,6 +31,10 @@ preemption watcher (an extra actor polling for drains, whose core worker logged 
 teardown) has nothing to watch."""
 
 
+_local_cluster_gcs: str | None = None
+"""The GCS address of the local cluster `ensure_ray` started in this process, if any."""
+
+
 def forwarded_env() -> dict[str, str]:
     """The variables of FORWARDED_ENV set in this process (values are never logged)."""
     return {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
@@ -63,7 +67,16 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None, *, dashb
     env.update(LOCAL_ONLY_ENV)
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, **kwargs)
     adopt_library_loggers()
+    global _local_cluster_gcs
+    _local_cluster_gcs = ray.get_runtime_context().gcs_address
     return True
+
+
+def on_own_local_cluster() -> bool:
+    """Whether this process is connected to a local cluster that `ensure_ray` started here (it stops with it)."""
+    import ray
+
+    return ray.is_initialized() and ray.get_runtime_context().gcs_address == _local_cluster_gcs
 
 
 def shutdown_ray() -> None:

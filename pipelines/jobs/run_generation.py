@@ -43,10 +43,14 @@ def output_uri(cfg: GenerationConfig) -> str:
 
 
 def _local(address: str | None) -> bool:
-    """Whether this driver would start its own local Ray (which ends with the driver)."""
+    """Whether this driver's Ray is, or would be, a local cluster of its own (which ends with the driver)."""
     import ray
 
-    return not (address or os.environ.get("RAY_ADDRESS") or ray.is_initialized())
+    from potstill.cluster.connect import on_own_local_cluster
+
+    if address or os.environ.get("RAY_ADDRESS"):
+        return False
+    return not ray.is_initialized() or on_own_local_cluster()
 
 
 def _controller(cfg: GenerationConfig, token: str, detach: bool):

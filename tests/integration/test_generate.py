@@ -139,3 +139,12 @@ def test_inspect_summarizes_the_run(clean_run):
                           "--json"], capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 0, out.stderr[-2000:]
     assert last_json_line(out.stdout)["totals"] == summary.totals.model_dump()
+
+
+def test_detach_is_refused_on_the_local_cluster_this_process_started(ray_local, tmp_path, monkeypatch):
+    """A local cluster that this process started ends with it too: `--detach` is refused, Ray running or not."""
+    from potstill.pipelines.jobs.run_generation import start_generation
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    with pytest.raises(ValueError, match="--detach needs a Ray cluster that outlives this command"):
+        start_generation(arithmetic_config(str(tmp_path / "out"), "detach-local", count=4))
