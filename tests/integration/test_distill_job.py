@@ -7,7 +7,7 @@ command, `potstill demo`, tested in test_readme.py; here are the job's fault tol
 
 - a worker fails at step k (the config's `faults` test hook) -> the group restarts from the last
   checkpoint, the step counter continues, the final checkpoint exists;
-- two runs with one seed train the same weights;
+- a run with the same seed and no failure trains the very weights of the run that failed and resumed;
 - the driver of `potstill train` is SIGKILLed -> re-running the same name resumes, no finished epoch redone,
   and the finished job scores its student on the config's `eval.prompts`;
 - data.follow trains on a live run (shards committed after the job started) and ends at `_SUCCESS`;
@@ -100,34 +100,40 @@ def small_config(name: str, runs: list[str], storage_path: str, **sections) -> T
     return TrainingConfig.model_validate(base)
 
 
-def test_worker_failure_restarts_from_the_last_checkpoint(traces: dict, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def restarted(traces: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A run whose rank 1 raises right after step 7 (the last checkpoint is step 5); its summary, data and config."""
     from potstill.pipelines.jobs.run_training import run_training
 
-    run = str(tmp_path / "run")
+    root = tmp_path_factory.mktemp("restarted")
+    run = str(root / "run")
     copy_shards(traces["files"][:1], run)  # 250 traces -> 50 packed rows -> 9 steps
-    # Rank 1 raises right after step 7; the last checkpoint is step 5.
-    summary = run_training(small_config("fault", [run], str(tmp_path / "ckpt"), faults={"step": 7, "rank": 1}))
+    cfg = small_config("fault", [run], str(root / "ckpt"), faults={"step": 7, "rank": 1})
+    return {"root": root, "run": run, "config": cfg, "summary": run_training(cfg)}
+
+
+def test_worker_failure_restarts_from_the_last_checkpoint(restarted: dict) -> None:
+    summary, root = restarted["summary"], restarted["root"]
     assert summary["planned_steps"] == 9 and summary["steps"] == 9
     assert [(a["start_step"], a["resumed"]) for a in summary["attempts"]] == [(0, False), (5, True)]
-    assert (tmp_path / "ckpt" / "fault" / "faults" / "step-7").exists()
+    assert (root / "ckpt" / "fault" / "faults" / "step-7").exists()
     final = Path(summary["checkpoint"])
     assert json.loads((final / "metrics.json").read_text())["step"] == 9 and (final / ".metadata").exists()
-    assert (tmp_path / "ckpt" / "fault" / "student" / "model.safetensors").exists()
-    assert Path(summary["student"]) == tmp_path / "ckpt" / "fault" / "student"
+    assert (root / "ckpt" / "fault" / "student" / "model.safetensors").exists()
+    assert Path(summary["student"]) == root / "ckpt" / "fault" / "student"
 
 
-def test_the_same_seed_trains_the_same_student(traces: dict, tmp_path: Path) -> None:
-    """Workers get fixed data splits, so two runs with one `run.seed` end with identical weights."""
+def test_the_same_seed_trains_the_same_student_through_a_restart(restarted: dict, tmp_path: Path) -> None:
+    """Workers get fixed data splits and a restart restores the model, optimizer, schedule and data position, so a
+    run with the same seed and no failure ends with the very weights of the run that failed and resumed."""
     import torch
     from safetensors.torch import load_file
 
     from potstill.pipelines.jobs.run_training import run_training
 
-    run = str(tmp_path / "run")
-    copy_shards(traces["files"][:1], run)
-    students = [run_training(small_config(f"seeded-{i}", [run], str(tmp_path / "ckpt")))["student"]
-                for i in range(2)]
-    first, second = (load_file(f"{s}/model.safetensors") for s in students)
+    uninterrupted = restarted["config"].model_copy(update={"name": "uninterrupted", "faults": None})
+    student = run_training(uninterrupted)["student"]
+    first, second = (load_file(f"{s}/model.safetensors") for s in (restarted["summary"]["student"], student))
     assert first.keys() == second.keys()
     differing = [name for name in first if not torch.equal(first[name], second[name])]
     assert not differing, f"same seed, different weights in {differing}"
