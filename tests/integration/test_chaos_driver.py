@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import shutil
 import string
 import subprocess
 import sys
@@ -106,8 +107,9 @@ def verbose_runs(s3_server, s3_writes_landed, tmp_path_factory):
         failed = _cli(["generate", str(down), "--out", uri, "--run-id", "chaos-resume", "--json"], tmp / "failed.log", env)
         failed_rc = failed.wait(timeout=300)
     logs = {name: (tmp / f"{name}.log").read_bytes() for name in ("killed", "rerun", "inspect", "failed")}
-    return {"uri": uri, "storage": storage, "before": before, "logs": logs, "failed_rc": failed_rc,
-            "canaries": canaries, "ray_tmp": ray_tmp}
+    yield {"uri": uri, "storage": storage, "before": before, "logs": logs, "failed_rc": failed_rc,
+           "canaries": canaries, "ray_tmp": ray_tmp}
+    shutil.rmtree(ray_tmp, ignore_errors=True)  # the runs' Ray logs: outside pytest's tmp_path, which cleans itself
 
 
 def test_driver_killed_mid_run_and_rerun_with_the_same_run_id_resumes(verbose_runs, clean):

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -106,7 +107,7 @@ def cluster():
 
     saved = {k: os.environ.get(k) for k in ("POTSTILL_LOG_LEVEL", "POTSTILL_STATE_DIR")}
     os.environ["POTSTILL_LOG_LEVEL"] = "INFO"  # replicas log the zombie's lost commit race at INFO
-    os.environ["POTSTILL_STATE_DIR"] = tempfile.mkdtemp(prefix="potstill-live-")
+    state_dir = os.environ["POTSTILL_STATE_DIR"] = tempfile.mkdtemp(prefix="potstill-live-")
     ray.shutdown()
     system = {"health_check_period_ms": 1000, "health_check_failure_threshold": 600}
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False,
@@ -117,6 +118,7 @@ def cluster():
     yield c, workers
     ray.shutdown()
     c.shutdown()
+    shutil.rmtree(state_dir, ignore_errors=True)
     for k, v in saved.items():
         if v is None:
             os.environ.pop(k, None)

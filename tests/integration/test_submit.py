@@ -18,6 +18,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -106,6 +107,7 @@ def head():
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         log.close()
+        shutil.rmtree(temp, ignore_errors=True)  # its session logs: outside pytest's tmp_path, which cleans itself
 
 
 def potstill(*args: str, token: str | None, home: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
