@@ -102,14 +102,14 @@ def small_config(name: str, runs: list[str], storage_path: str, **sections) -> T
 
 @pytest.fixture(scope="module")
 def restarted(traces: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """A run whose rank 1 raises right after step 7 (the last checkpoint is step 5); its summary, data and config."""
+    """A run whose rank 1 raises right after step 7 (the last checkpoint is step 5); its folder, config and summary."""
     from potstill.pipelines.jobs.run_training import run_training
 
     root = tmp_path_factory.mktemp("restarted")
     run = str(root / "run")
     copy_shards(traces["files"][:1], run)  # 250 traces -> 50 packed rows -> 9 steps
     cfg = small_config("fault", [run], str(root / "ckpt"), faults={"step": 7, "rank": 1})
-    return {"root": root, "run": run, "config": cfg, "summary": run_training(cfg)}
+    return {"root": root, "config": cfg, "summary": run_training(cfg)}
 
 
 def test_worker_failure_restarts_from_the_last_checkpoint(restarted: dict) -> None:
@@ -123,7 +123,7 @@ def test_worker_failure_restarts_from_the_last_checkpoint(restarted: dict) -> No
     assert Path(summary["student"]) == root / "ckpt" / "fault" / "student"
 
 
-def test_the_same_seed_trains_the_same_student_through_a_restart(restarted: dict, tmp_path: Path) -> None:
+def test_the_same_seed_trains_the_same_student_through_a_restart(restarted: dict) -> None:
     """Workers get fixed data splits and a restart restores the model, optimizer, schedule and data position, so a
     run with the same seed and no failure ends with the very weights of the run that failed and resumed."""
     import torch
